@@ -1,0 +1,266 @@
+"""The decoder: pure functions over a params pytree and a static-shape KV cache.
+
+One forward serves prefill, one-token decoding and token-tree verification. The caller says, for each
+of the T new tokens, its position (RoPE / learned position), the cache slot its K/V go to, and which of
+the S cache slots it may attend to (the new tokens' own slots included):
+
+    hidden, cache = forward(params, cfg, tokens[B, T], positions[B, T], cache, slots[B, T], mask[B, T, S])
+
+A slot >= S drops the write (padding tokens write nowhere): JAX would otherwise clamp an
+out-of-range write onto the last slot and silently corrupt the cache.
+
+Params layout (per layer dicts in a list, so nothing is sliced out of a stacked array per step):
+    embed [V, E]  pos_embed [P, D] (OPT)  project_in [E, D], project_out [D, E] (OPT-350m)
+    layers[l]: attn_norm{scale[D], bias[D]?}  q[D, H, A] k[D, K, A] v[D, K, A] o[H, A, D]
+               q_bias[H, A] k_bias[K, A] v_bias[K, A] (qkv_bias)  o_bias[D] (o_bias)
+               mlp_norm{...}  gate[D, F] (llama)  up[D, F]  down[F, D]  (+ *_bias with mlp_bias)
+    final_norm{scale[D], bias[D]?}   lm_head[E, V] (untied only)
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax.config import ModelConfig, RopeConfig
+
+Params = dict
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Per-layer keys and values: k[l], v[l] of shape [B, S, K, A]."""
+
+    k: tuple
+    v: tuple
+
+    @property
+    def num_slots(self) -> int:
+        return self.k[0].shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, num_slots: int, dtype=jnp.float32) -> KVCache:
+    shape = (batch, num_slots, cfg.num_kv_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
+    """[A/2] inverse frequencies in float32, computed as Hugging Face does."""
+    inv = 1.0 / (rope.theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    inv = inv.astype(np.float32)
+    if rope.kind == "linear":
+        inv = inv / np.float32(rope.factor)
+    elif rope.kind == "llama3":
+        old = rope.original_max_position_embeddings
+        low_wavelen = old / rope.low_freq_factor
+        high_wavelen = old / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / rope.factor, inv)
+        smooth = (old / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    elif rope.kind != "default":
+        raise ValueError(f"unsupported rope kind {rope.kind!r}")
+    return inv
+
+
+def apply_rope(x, positions, inv_freq):
+    """x [B, T, *, A] rotated by positions [B, T] (rotate-half convention, as HF)."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, A/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, A]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def norm(p: dict, x, cfg: ModelConfig):
+    """RMSNorm (llama family) or LayerNorm (OPT) over the last axis, computed in float32."""
+    xf = x.astype(jnp.float32)
+    if cfg.family == "opt":
+        xf = xf - xf.mean(-1, keepdims=True)
+    y = xf * jax.lax.rsqrt((xf * xf).mean(-1, keepdims=True) + cfg.norm_eps)
+    y = y.astype(x.dtype) * p["scale"] if cfg.family == "llama" else (y * p["scale"] + p["bias"]).astype(x.dtype)
+    return y
+
+
+def activation(name: str, x):
+    if name == "silu":
+        return jax.nn.silu(x)
+    if name == "relu":
+        return jax.nn.relu(x)
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    return jax.nn.gelu(x, approximate=True)  # gelu_new
+
+
+def write_cache(cache_l, new, slots):
+    """cache_l [B, S, K, A] with new [B, T, K, A] written at slots [B, T]; slots >= S are dropped."""
+    b = jnp.arange(cache_l.shape[0])[:, None]
+    return cache_l.at[b, slots].set(new.astype(cache_l.dtype), mode="drop")
+
+
+def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots, mask, inv_freq):
+    """One attention block. x [B, T, D]; returns (out [B, T, D], k_cache, v_cache)."""
+    q = jnp.einsum("btd,dha->btha", x, lp["q"])
+    k = jnp.einsum("btd,dka->btka", x, lp["k"])
+    v = jnp.einsum("btd,dka->btka", x, lp["v"])
+    if cfg.qkv_bias:
+        q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
+    if cfg.uses_rope:
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    k_cache = write_cache(k_cache, k, slots)
+    v_cache = write_cache(v_cache, v, slots)
+
+    B, T, H, A = q.shape
+    K = cfg.num_kv_heads
+    q = q.reshape(B, T, K, H // K, A)
+    scores = jnp.einsum("btkga,bska->bkgts", q, k_cache).astype(jnp.float32) / math.sqrt(A)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+    out = jnp.einsum("bkgts,bska->btkga", probs, v_cache).reshape(B, T, H, A)
+    out = jnp.einsum("btha,had->btd", out, lp["o"])
+    if cfg.o_bias:
+        out = out + lp["o_bias"]
+    return out, k_cache, v_cache
+
+
+def mlp(lp: dict, x, cfg: ModelConfig):
+    up = x @ lp["up"]
+    if cfg.mlp_bias:
+        up = up + lp["up_bias"]
+    if "gate" in lp:
+        gate = x @ lp["gate"]
+        if cfg.mlp_bias:
+            gate = gate + lp["gate_bias"]
+        h = activation(cfg.activation, gate) * up
+    else:
+        h = activation(cfg.activation, up)
+    out = h @ lp["down"]
+    if cfg.mlp_bias:
+        out = out + lp["down_bias"]
+    return out
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def embed(params: Params, cfg: ModelConfig, tokens, positions):
+    """tokens, positions [B, T] -> [B, T, D]."""
+    x = jnp.take(params["embed"], tokens, axis=0)
+    if cfg.projects_embeddings:
+        x = x @ params["project_in"]
+    if "pos_embed" in params:
+        x = x + jnp.take(params["pos_embed"], positions + cfg.position_offset, axis=0)
+    return x
+
+
+def forward(params: Params, cfg: ModelConfig, tokens, positions, cache: KVCache, slots, mask):
+    """Runs the T new tokens through the decoder.
+
+    Args:
+      tokens, positions, slots: int [B, T].
+      cache: KVCache with S slots.
+      mask: bool [B, T, S], True where query t may attend to slot s.
+    Returns:
+      hidden [B, T, E] (final hidden states, ready for `lm_head`) and the updated cache.
+    """
+    inv_freq = jnp.asarray(rope_inv_freq(cfg.rope, cfg.head_dim)) if cfg.uses_rope else None
+    x = embed(params, cfg, tokens, positions)
+    new_k, new_v = [], []
+    for l, lp in enumerate(params["layers"]):
+        h = norm(lp["attn_norm"], x, cfg) if cfg.pre_norm else x
+        h, k_l, v_l = attention(lp, h, cfg, positions, cache.k[l], cache.v[l], slots, mask, inv_freq)
+        x = x + h
+        if not cfg.pre_norm:
+            x = norm(lp["attn_norm"], x, cfg)
+        h = norm(lp["mlp_norm"], x, cfg) if cfg.pre_norm else x
+        x = x + mlp(lp, h, cfg)
+        if not cfg.pre_norm:
+            x = norm(lp["mlp_norm"], x, cfg)
+        new_k.append(k_l)
+        new_v.append(v_l)
+    if cfg.final_norm:
+        x = norm(params["final_norm"], x, cfg)
+    if cfg.projects_embeddings:
+        x = x @ params["project_out"]
+    return x, KVCache(k=tuple(new_k), v=tuple(new_v))
+
+
+def lm_head(params: Params, cfg: ModelConfig, hidden):
+    """hidden [..., E] -> logits [..., V] in float32."""
+    if cfg.tie_word_embeddings:
+        logits = jnp.einsum("...e,ve->...v", hidden, params["embed"])
+    else:
+        logits = hidden @ params["lm_head"]
+    return logits.astype(jnp.float32)
+
+
+def causal_logits(params: Params, cfg: ModelConfig, tokens):
+    """Full causal forward of tokens [B, T] from an empty cache -> logits [B, T, V]. For tests/eval."""
+    B, T = tokens.shape
+    cache = init_cache(cfg, B, T, params["embed"].dtype)
+    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+    mask = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T))
+    hidden, _ = forward(params, cfg, tokens, positions, cache, positions, mask)
+    return lm_head(params, cfg, hidden)
+
+
+# ----------------------------------------------------------------------------- init
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """The shape of every parameter, as a pytree of tuples (the checkpoint contract)."""
+    D, F, H, K, A, V = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
+                        cfg.head_dim, cfg.vocab_size)
+    E = cfg.embed_dim if cfg.projects_embeddings else D
+    norm_shape = {"scale": (D,)} if cfg.family == "llama" else {"scale": (D,), "bias": (D,)}
+    layer = {"attn_norm": dict(norm_shape), "q": (D, H, A), "k": (D, K, A), "v": (D, K, A),
+             "o": (H, A, D), "mlp_norm": dict(norm_shape), "up": (D, F), "down": (F, D)}
+    if cfg.family == "llama":
+        layer["gate"] = (D, F)
+    if cfg.qkv_bias:
+        layer.update(q_bias=(H, A), k_bias=(K, A), v_bias=(K, A))
+    if cfg.o_bias:
+        layer["o_bias"] = (D,)
+    if cfg.mlp_bias:
+        layer.update(up_bias=(F,), down_bias=(D,))
+        if cfg.family == "llama":
+            layer["gate_bias"] = (F,)
+    shapes = {"embed": (V, E), "layers": [dict(layer) for _ in range(cfg.num_layers)]}
+    if cfg.family == "opt":
+        shapes["pos_embed"] = (cfg.max_position_embeddings + cfg.position_offset, D)
+    if cfg.projects_embeddings:
+        shapes["project_in"] = (E, D)
+        shapes["project_out"] = (D, E)
+    if cfg.final_norm:
+        shapes["final_norm"] = dict(norm_shape)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (E, V)
+    return shapes
+
+
+def init_params(cfg: ModelConfig, key, dtype=jnp.float32, std: float = 0.02) -> Params:
+    """Random parameters: normal(std) weights, unit norm scales, zero biases."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for (path, shape), k in zip(leaves, keys):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            out.append(jnp.ones(shape, dtype))
+        elif "bias" in name:
+            out.append(jnp.zeros(shape, dtype))
+        else:
+            out.append((std * jax.random.normal(k, shape)).astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
