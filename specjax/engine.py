@@ -1,0 +1,245 @@
+"""The host-side engine: batches requests, picks static shapes, runs the jitted loops, reads results.
+
+    prompt ids -> pad into a length bucket -> prefill -> loop (incremental or speculative) -> results
+
+Nothing here runs per step: each batch is one call into a jitted prefill and one into a jitted loop.
+Static shapes come from buckets (prompt length rounded up to a power of two, cache slots rounded up
+to a multiple of 64), so new prompt lengths in a bucket do not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import model
+from specjax.config import ModelConfig
+from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill
+from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
+from specjax.incremental import incremental_loop
+from specjax.sampling import SamplingConfig
+from specjax.speculative import SpecConfig, SpecState, spec_loop
+from specjax.tree import TreeConfig
+
+
+class EngineError(ValueError):
+    """A request or set-up the engine cannot serve faithfully."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to run: params pytree, its config and (optionally) its tokenizer."""
+
+    params: Any
+    cfg: ModelConfig
+    tokenizer: Any = None
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    token_ids: list[int]  # new tokens only
+    finish_reason: str
+    llm_steps: int
+    accepted_per_step: list[int]  # tokens emitted per LLM step (accepted + bonus)
+    seconds: float  # wall time of the batch this request ran in (prefill + loop, compilation excluded)
+    compile_seconds: float = 0.0  # compilation time spent for this batch (0 when cached)
+
+    @property
+    def mean_accepted(self) -> float:
+        return len(self.token_ids) / max(self.llm_steps, 1)
+
+
+def prompt_bucket(n: int) -> int:
+    """Padded prompt length: the next power of two >= n, at least 16."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "bucket"), donate_argnames=("cache",))
+def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int):
+    return prefill(params, cfg, cache, tokens, prompt_len, bucket)
+
+
+def check_drafters(llm: LoadedModel, ssms: Sequence[LoadedModel]) -> None:
+    """SSMs must share the LLM's vocabulary (and tokenizer, when both have one)."""
+    for i, ssm in enumerate(ssms):
+        if ssm.cfg.vocab_size != llm.cfg.vocab_size:
+            raise EngineError(f"SSM {i} has a vocabulary of {ssm.cfg.vocab_size} tokens but the LLM has "
+                              f"{llm.cfg.vocab_size}: drafters must use the LLM's tokenizer")
+        if llm.tokenizer is not None and ssm.tokenizer is not None:
+            if llm.tokenizer.get_vocab() != ssm.tokenizer.get_vocab():
+                raise EngineError(f"SSM {i}'s tokenizer differs from the LLM's (same size, different "
+                                  "tokens): drafters must use the LLM's tokenizer")
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
+    out = []
+    for i, p in enumerate(prompts):
+        p = [int(t) for t in p]
+        if not p:
+            raise EngineError(f"prompt {i} is empty: give at least one token (or use --chat)")
+        bad = [t for t in p if not 0 <= t < vocab_size]
+        if bad:
+            raise EngineError(f"prompt {i} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+        out.append(p)
+    return out
+
+
+class Engine:
+    """Generates with an LLM, incrementally or speculatively.
+
+    Args:
+      llm: the verifier LLM.
+      max_len: cache slots per request (prompt + new tokens + one step's scratch). None: sized per
+        batch from the prompts and max_new_tokens.
+    """
+
+    def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
+                 max_len: int | None = None):
+        self.llm = llm
+        self.ssms = tuple(ssms)
+        self.tree = tree
+        self.max_len = max_len
+        self._compiled: dict = {}
+        self.compile_seconds = 0.0
+        cfg = llm.cfg
+        check_drafters(llm, self.ssms)
+        if self.ssms:
+            if tree is None:
+                raise EngineError("speculative decoding needs a TreeConfig")
+            if tree.num_ssms != len(self.ssms):
+                raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
+        if max_len is not None and cfg.position_offset and max_len > cfg.max_position_embeddings:
+            raise EngineError(
+                f"max_len={max_len} exceeds the model's {cfg.max_position_embeddings} learned positions")
+        if cfg.sliding_window is not None and (max_len or 0) > cfg.sliding_window:
+            raise EngineError(f"max_len={max_len} exceeds sliding_window={cfg.sliding_window}, "
+                              "which specjax does not implement")
+
+    # -- shapes ---------------------------------------------------------------------------
+    def _num_slots(self, longest_prompt: int, max_new_tokens: int, room: int) -> int:
+        need = longest_prompt - 1 + room  # the first step must fit after the prompt
+        if self.max_len is not None:
+            if need > self.max_len:
+                raise EngineError(
+                    f"prompt of {longest_prompt} tokens does not fit the cache of {self.max_len} slots "
+                    f"(one step needs {room} slots after the prompt): raise max_len or shorten the prompt")
+            return self.max_len
+        slots = round_up(prompt_bucket(longest_prompt) + max_new_tokens + room, 64)
+        cfg = self.llm.cfg
+        limit = cfg.max_position_embeddings
+        if cfg.position_offset and slots > limit:  # learned positions: no extrapolation
+            slots = limit
+            if need > slots:
+                raise EngineError(f"prompt of {longest_prompt} tokens does not fit the model's "
+                                  f"{limit} positions")
+        if cfg.sliding_window is not None and slots > cfg.sliding_window:
+            raise EngineError(f"sequences of {slots} slots exceed sliding_window={cfg.sliding_window}, "
+                              "which specjax does not implement")
+        return slots
+
+    def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,
+                   record_steps: int) -> tuple[DecodeState, int]:
+        """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket)."""
+        cfg = self.llm.cfg
+        B = len(prompts)
+        longest = max(len(p) for p in prompts)
+        S = self._num_slots(longest, max_new_tokens, room)
+        bucket = min(prompt_bucket(longest), S)
+        tokens = np.zeros((B, S), np.int32)
+        for b, p in enumerate(prompts):
+            tokens[b, : len(p)] = p
+        prompt_len = jnp.asarray([len(p) for p in prompts], jnp.int32)
+        tokens = jnp.asarray(tokens)
+        dtype = jax.tree.leaves(self.llm.params)[0].dtype
+        cache = model.init_cache(cfg, B, S, dtype)
+        cache = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
+                          dict(cfg=cfg, bucket=bucket))
+        zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
+        state = DecodeState(
+            cache=cache, tokens=tokens, length=prompt_len - 1, prompt_len=prompt_len,
+            max_new=jnp.full((B,), max_new_tokens, jnp.int32), num_new=zeros(),
+            finish=jnp.full((B,), RUNNING if max_new_tokens > 0 else MAX_NEW_TOKENS, jnp.int32),
+            steps=zeros(), emitted=jnp.zeros((B, record_steps), jnp.int32), key=jax.random.PRNGKey(seed),
+        )
+        return state, bucket
+
+    def _run(self, name: str, fn, args: tuple, static: dict):
+        """Calls jitted fn, compiling ahead of time once per (static args, shapes) so that compile
+        time is counted apart from run time."""
+        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), args)
+        key = (name, tuple(sorted(static.items(), key=lambda kv: kv[0])), jax.tree.structure(args), str(shapes))
+        exe = self._compiled.get(key)
+        if exe is None:
+            t0 = time.perf_counter()
+            exe = fn.lower(*args, **static).compile()
+            self.compile_seconds += time.perf_counter() - t0
+            self._compiled[key] = exe
+        return exe(*args)
+
+    # -- generation -----------------------------------------------------------------------
+    def generate_incremental(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
+                             sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+                             eos_ids: tuple[int, ...] | None = None) -> list[GenerationResult]:
+        """One batch of prompts (token ids), decoded one LLM token per step."""
+        prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
+        eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
+        c0, t0 = self.compile_seconds, time.perf_counter()
+        state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(max_new_tokens, 1))
+        state = self._run("incremental", incremental_loop, (self.llm.params, state),
+                          dict(cfg=self.llm.cfg, sampling_cfg=sampling, eos_ids=eos))
+        jax.block_until_ready(state.tokens)
+        compile_s = self.compile_seconds - c0
+        return self.results(prompts, state, time.perf_counter() - t0 - compile_s, compile_s)
+
+    def generate_spec(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
+                      sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+                      eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
+                      ) -> list[GenerationResult]:
+        """One batch of prompts (token ids), decoded speculatively with the engine's SSMs and tree."""
+        if not self.ssms:
+            raise EngineError("speculative decoding needs at least one SSM")
+        prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
+        eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
+        cfg = SpecConfig(llm=self.llm.cfg, ssms=tuple(s.cfg for s in self.ssms), tree=self.tree,
+                         sampling=sampling, eos_ids=eos, sampled_children=sampled_children)
+        c0, t0 = self.compile_seconds, time.perf_counter()
+        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1))
+        B, S = base.tokens.shape
+        caches = []
+        for ssm in self.ssms:
+            dtype = jax.tree.leaves(ssm.params)[0].dtype
+            cache = model.init_cache(ssm.cfg, B, S, dtype)
+            caches.append(self._run("prefill", _prefill, (ssm.params, cache, base.tokens, base.prompt_len),
+                                    dict(cfg=ssm.cfg, bucket=bucket)))
+        state = SpecState(base=base, ssm_caches=tuple(caches), ssm_len=jnp.array(base.length, copy=True))
+        ssm_params = tuple(s.params for s in self.ssms)
+        state = self._run("spec", spec_loop, (self.llm.params, ssm_params, state), dict(cfg=cfg))
+        jax.block_until_ready(state.base.tokens)
+        compile_s = self.compile_seconds - c0
+        return self.results(prompts, state.base, time.perf_counter() - t0 - compile_s, compile_s)
+
+    @staticmethod
+    def results(prompts: list[list[int]], state: DecodeState, seconds: float,
+                compile_seconds: float) -> list[GenerationResult]:
+        tokens, num_new, finish, steps, emitted = jax.device_get(
+            (state.tokens, state.num_new, state.finish, state.steps, state.emitted))
+        out = []
+        for b, p in enumerate(prompts):
+            n = int(num_new[b])
+            out.append(GenerationResult(
+                prompt_ids=list(p), token_ids=tokens[b, len(p): len(p) + n].tolist(),
+                finish_reason=FINISH_REASONS[int(finish[b])], llm_steps=int(steps[b]),
+                accepted_per_step=emitted[b, : int(steps[b])].tolist(), seconds=seconds,
+                compile_seconds=compile_seconds))
+        return out

@@ -1,0 +1,41 @@
+"""Plain incremental decoding: one LLM token per step, the whole loop inside one jitted while_loop."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from specjax import model, sampling
+from specjax.config import ModelConfig
+from specjax.decode_state import DecodeState, causal_mask, record_step, step_room
+
+STEP_ROOM = step_room(num_tree_nodes=1, max_depth=0)
+
+
+def incremental_step(params, cfg: ModelConfig, state: DecodeState, sampling_cfg, eos_ids) -> DecodeState:
+    """Runs every running row's root through the LLM and appends the next token."""
+    B, S = state.tokens.shape
+    rows = jnp.arange(B)
+    root = state.tokens[rows, state.length]  # [B]
+    slots = jnp.where(state.done, S, state.length)[:, None]  # [B, 1]; finished rows write nowhere
+    positions = state.length[:, None]
+    mask = causal_mask(positions, S)  # [B, 1, S]
+    hidden, cache = model.forward(params, cfg, root[:, None], positions, state.cache, slots, mask)
+    logits = model.lm_head(params, cfg, hidden[:, 0])  # [B, V]
+    key, sub = jax.random.split(state.key)
+    nxt = sampling.sample(sub, logits, sampling_cfg)  # [B]
+    state = state.replace(cache=cache, key=key)
+    state, n = record_step(state, nxt[:, None].astype(jnp.int32), jnp.ones((B,), jnp.int32), eos_ids, STEP_ROOM)
+    return state.replace(length=state.length + n)  # the root's K/V are now committed
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling_cfg", "eos_ids"), donate_argnames=("state",))
+def incremental_loop(params, state: DecodeState, cfg: ModelConfig, sampling_cfg, eos_ids: tuple[int, ...]):
+    """Decodes until every row has stopped. Params are an argument (never closed over)."""
+    return jax.lax.while_loop(
+        lambda s: jnp.any(~s.done),
+        lambda s: incremental_step(params, cfg, s, sampling_cfg, eos_ids),
+        state,
+    )
