@@ -91,7 +91,8 @@ def spec_step(llm_params, ssm_params: tuple, state: SpecState, cfg: SpecConfig) 
         if q_i is not None:
             node_q.append(q_i if i == 0 else q_i[:, 1:])
         ssm_caches.append(cache_i)
-    tree = tree_lib.merge_trees(jnp.concatenate(node_tokens, axis=1), cfg.tree)
+    tree = tree_lib.merge_trees(jnp.concatenate(node_tokens, axis=1), cfg.tree,
+                                keep_duplicates=cfg.stochastic_drafts)
     N = tree.tokens.shape[1]
 
     # Verify: one LLM forward over the root and every node.

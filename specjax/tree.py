@@ -271,10 +271,14 @@ class Tree:
         return ancestor_mask(self)
 
 
-def merge_trees(tokens, cfg: TreeConfig) -> Tree:
+def merge_trees(tokens, cfg: TreeConfig, keep_duplicates: bool = False) -> Tree:
     """Merge num_ssms concatenated SSM trees, storing shared prefixes once.
 
     tokens: [B, N] the drafted tokens in merged order (root token at 0), N = cfg.num_nodes.
+    keep_duplicates: static. With *sampled* children a duplicate must stay a valid (childless)
+      candidate: multi-step speculative sampling rejects it for sure, but that rejection still moves
+      the residual by the duplicate's own q, and skipping it would bias the output (see verify.py).
+      Its descendants are re-parented under the representative either way.
 
     Node j is a duplicate iff an earlier node i < j has the same token and the same representative
     parent; its representative is the smallest such i (itself valid). Duplicates are invalid; every
@@ -302,7 +306,7 @@ def merge_trees(tokens, cfg: TreeConfig) -> Tree:
         tokens=tokens,
         parents=parents.astype(jnp.int32),
         depth=jnp.broadcast_to(jnp.asarray(topo.depth), (B, N)),
-        valid=rep == jnp.arange(N, dtype=jnp.int32),
+        valid=(rep == jnp.arange(N, dtype=jnp.int32)) | keep_duplicates,
     )
 
 

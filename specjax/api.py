@@ -1,0 +1,117 @@
+"""The small Python API: load an LLM (and SSMs), generate from text or token ids.
+
+    from specjax import Generator
+    gen = Generator.load()                       # embedded default LLM (+ shipped drafters, if any)
+    gen = Generator.load(llm="path/to/llm", ssms=["path/to/ssm"], tree="1,1,3,1,1,1,1,1")
+    [out] = gen.generate(["Tell me a joke."], chat=True, max_new_tokens=64)
+    print(out["text"], out["llm_steps"])
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from specjax.engine import Engine, EngineError, GenerationResult, LoadedModel
+from specjax.sampling import SamplingConfig
+from specjax.tree import TreeConfig
+
+
+def load(path: str | None) -> LoadedModel:
+    """A specjax checkpoint dir, an HF model dir or a .gguf file; None: the embedded default LLM."""
+    from specjax import checkpoint, default_model, tokenizer
+
+    if path is None:
+        path = str(default_model.default_llm_dir())
+    params, cfg = checkpoint.load_model(path)
+    return LoadedModel(params=params, cfg=cfg, tokenizer=tokenizer.load_tokenizer(path))
+
+
+class Generator:
+    """An LLM, optional SSMs and a tree config, ready to generate text."""
+
+    def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
+                 max_len: int | None = None, mode: str | None = None):
+        self.llm = llm
+        self.ssms = tuple(ssms)
+        self.mode = mode or ("spec" if self.ssms else "incremental")
+        if self.mode not in ("spec", "incremental"):
+            raise EngineError(f"unknown mode {self.mode!r} (expected 'spec' or 'incremental')")
+        if self.mode == "spec" and not self.ssms:
+            raise EngineError("--mode spec needs at least one SSM (--ssm DIR)")
+        self.tree = tree or TreeConfig(num_ssms=max(len(self.ssms), 1))
+        self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len)
+
+    @classmethod
+    def load(cls, llm: str | None = None, ssms: Sequence[str] = (), tree: str | None = None,
+             node_budget: int = 64, max_len: int | None = None, mode: str | None = None) -> "Generator":
+        llm_model = load(llm)
+        ssm_models = [load(p) for p in ssms]
+        if llm is None and not ssm_models and mode != "incremental":
+            from specjax import default_model
+
+            ssm_models = [load(str(p)) for p in default_model.default_ssm_dirs()]
+        tree_cfg = None
+        if ssm_models:
+            tree_cfg = (TreeConfig.parse(tree, num_ssms=len(ssm_models), node_budget=node_budget) if tree
+                        else TreeConfig(num_ssms=len(ssm_models), node_budget=node_budget))
+        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode)
+
+    def describe(self) -> str:
+        c = self.llm.cfg
+        s = f"LLM ({c.family}, {c.num_layers} layers, d={c.hidden_size}, V={c.vocab_size})"
+        if self.mode == "spec":
+            s += f" + {len(self.ssms)} SSM(s), tree {','.join(map(str, self.tree.expansion))}"
+        return s
+
+    def encode_row(self, row: dict, chat: bool) -> list[int]:
+        if "prompt_ids" in row:
+            return [int(t) for t in row["prompt_ids"]]
+        tok = self.llm.tokenizer
+        if tok is None:
+            raise EngineError("this model has no tokenizer: give prompt_ids instead of text")
+        return tok.encode(row["prompt"], chat=chat)
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
+                     sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+                     batch_size: int = 8) -> list[GenerationResult]:
+        """Token ids in, GenerationResults out, in batches of batch_size."""
+        eos = self.eos_ids()
+        out: list[GenerationResult] = []
+        for i in range(0, len(prompts), batch_size):
+            batch = [list(p) for p in prompts[i:i + batch_size]]
+            if self.mode == "spec":
+                out += self.engine.generate_spec(batch, max_new_tokens, sampling, seed + i, eos)
+            else:
+                out += self.engine.generate_incremental(batch, max_new_tokens, sampling, seed + i, eos)
+        return out
+
+    def eos_ids(self) -> tuple[int, ...]:
+        ids = set(self.llm.cfg.eos_token_ids)
+        if self.llm.tokenizer is not None:
+            ids |= set(self.llm.tokenizer.eos_token_ids)
+        return tuple(sorted(ids))
+
+    def generate(self, prompts: Sequence[str], chat: bool = False, **kw) -> list[dict]:
+        return self.generate_rows([{"prompt": p} for p in prompts], chat=chat, **kw)
+
+    def generate_rows(self, rows: Sequence[dict], chat: bool = False, **kw) -> list[dict]:
+        """Rows {"prompt": str} or {"prompt_ids": [...]} -> one output dict per row."""
+        ids = [self.encode_row(r, chat) for r in rows]
+        results = self.generate_ids(ids, **kw)
+        tok = self.llm.tokenizer
+        out = []
+        for row, res in zip(rows, results):
+            out.append({
+                "prompt": row.get("prompt"),
+                "prompt_ids": res.prompt_ids,
+                "text": tok.decode(res.token_ids) if tok is not None else None,
+                "token_ids": res.token_ids,
+                "llm_steps": res.llm_steps,
+                "accepted_per_step": res.accepted_per_step,
+                "mean_accepted": res.mean_accepted,
+                "seconds": res.seconds,
+                "compile_seconds": res.compile_seconds,
+                "finish_reason": res.finish_reason,
+            })
+        return out

@@ -1,0 +1,111 @@
+"""`specjax generate ...`: the command-line front end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="generate text with an LLM, speculatively or incrementally")
+    p.add_argument("--llm", help="specjax checkpoint dir, HF model dir or .gguf (default: the embedded "
+                                 "SmolLM2-135M-Instruct)")
+    p.add_argument("--mode", choices=["incremental", "spec"], default=None,
+                   help="decoding mode (default: spec when drafters are available, else incremental)")
+    p.add_argument("--ssm", action="append", default=[], metavar="DIR",
+                   help="a speculative model (repeat for an ensemble)")
+    p.add_argument("--tree", default=None, help="expansion config k1,...,km (default 1,1,3,1,1,1,1,1)")
+    p.add_argument("--node-budget", type=int, default=64, help="max tree nodes per step over all SSMs")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompts", help='jsonl file: {"prompt": str} or {"prompt_ids": [int, ...]} per line')
+    p.add_argument("--chat", action="store_true", help="wrap text prompts in the model's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-len", type=int, default=None, help="cache slots per request (default: sized "
+                                                              "from the prompts)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--output", help="write one json line per prompt here")
+    p.set_defaults(func=cmd_generate)
+
+
+def read_prompts(path: str) -> list[dict]:
+    """Reads a prompts jsonl file; each line {"prompt": str} or {"prompt_ids": [int, ...]}."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"error: prompts file {path} does not exist")
+    rows = []
+    for i, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"error: {path}:{i} is not valid JSON ({e.msg})")
+        if not isinstance(row, dict) or not (isinstance(row.get("prompt"), str) or
+                                             isinstance(row.get("prompt_ids"), list)):
+            raise SystemExit(f'error: {path}:{i} needs "prompt" (a string) or "prompt_ids" (a list of ints)')
+        rows.append(row)
+    if not rows:
+        raise SystemExit(f"error: prompts file {path} holds no prompts")
+    return rows
+
+
+def cmd_generate(args) -> int:
+    from specjax import api
+    from specjax.sampling import SamplingConfig
+
+    if args.prompt is None and args.prompts is None:
+        raise SystemExit("error: give --prompt TEXT or --prompts FILE.jsonl")
+    rows = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
+    try:
+        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    t_load = time.perf_counter()
+    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, node_budget=args.node_budget,
+                             max_len=args.max_len, mode=args.mode)
+    print(f"loaded {gen.describe()} in {time.perf_counter() - t_load:.1f}s", file=sys.stderr)
+    outs = gen.generate_rows(rows, chat=args.chat, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                             seed=args.seed, batch_size=args.batch_size)
+    sink = open(args.output, "w") if args.output else None
+    total_tokens = total_steps = 0
+    total_seconds = 0.0
+    for out in outs:
+        if sink:
+            sink.write(json.dumps(out) + "\n")
+        else:
+            print(out["text"])
+            print("-" * 40)
+        total_tokens += len(out["token_ids"])
+        total_steps += out["llm_steps"]
+    total_seconds = sum({id(o["batch"]): o["seconds"] for o in outs}.values()) if outs else 0.0
+    if sink:
+        sink.close()
+    mat = total_tokens / max(total_steps, 1)
+    print(f"mode={gen.mode} prompts={len(outs)} new_tokens={total_tokens} llm_steps={total_steps} "
+          f"MAT={mat:.2f} tokens/s={total_tokens / max(total_seconds, 1e-9):.1f} "
+          "(wall time includes compilation on first use)", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="specjax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # our error classes subclass ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Logit warping against Hugging Face's warpers; sampling; config validation."""
+
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from specjax.sampling import SamplingConfig, probs, sample, warp_logits
+
+V = 50
+
+warp_jit = jax.jit(warp_logits, static_argnums=1)
+probs_jit = jax.jit(probs, static_argnums=1)
+sample_jit = jax.jit(sample, static_argnums=2)
+
+
+def hf_warp(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """What HF generate(do_sample=True) applies, in its order. logits [B, V] float32."""
+    scores = torch.from_numpy(logits.copy())
+    if cfg.temperature != 1.0:
+        scores = TemperatureLogitsWarper(float(cfg.temperature))(None, scores)
+    if cfg.top_k != 0:
+        scores = TopKLogitsWarper(top_k=cfg.top_k)(None, scores)
+    if cfg.top_p < 1.0:
+        scores = TopPLogitsWarper(top_p=cfg.top_p)(None, scores)
+    return scores.numpy()
+
+
+def random_logits(seed: int, kind: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        x = rng.normal(0.0, 2.0, (16, V))
+    elif kind == "ties":  # few distinct values: many ties, also at the top-k / top-p borders
+        x = rng.integers(-2, 3, (16, V)).astype(np.float64)
+    elif kind == "flat":  # all equal: which tied tokens top-p keeps depends on the sort order
+        x = np.zeros((16, V))
+    else:  # one dominant token
+        x = rng.normal(0.0, 1.0, (16, V))
+        x[:, 7] += 12.0
+    return x.astype(np.float32)
+
+
+CONFIGS = [
+    SamplingConfig(temperature=1.0),
+    SamplingConfig(temperature=0.7),
+    SamplingConfig(temperature=1.3, top_k=1),
+    SamplingConfig(temperature=1.0, top_k=5),
+    SamplingConfig(temperature=0.7, top_k=V + 10),
+    SamplingConfig(temperature=1.0, top_p=0.9),
+    SamplingConfig(temperature=1.0, top_p=0.35),
+    SamplingConfig(temperature=0.5, top_p=0.05),
+    SamplingConfig(temperature=0.7, top_k=10, top_p=0.9),
+    SamplingConfig(temperature=2.0, top_k=3, top_p=0.537),
+]
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "flat", "peaked"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_warp_matches_hf(cfg, kind):
+    logits = random_logits(zlib.crc32(f"{kind}{cfg}".encode()), kind)
+    ours = np.asarray(warp_jit(jnp.asarray(logits), cfg))
+    ref = hf_warp(logits, cfg)
+    assert np.isfinite(ours).any(axis=-1).all()  # at least one token always survives
+    # top_p values are chosen so that no cumulative probability of tied tokens lands exactly on
+    # 1 - top_p: there the result hangs on float rounding (torch's CPU cumsum accumulates in
+    # float64, its CUDA one and XLA's in float32).
+    if kind in ("ties", "flat") and cfg.top_p < 1.0:
+        # Among exactly tied logits HF's top-p keeps whichever torch's (unstable) sort puts last;
+        # we drop the lower indices first. Same number of survivors with the same values.
+        np.testing.assert_array_equal(np.sort(ours, -1), np.sort(ref, -1))
+    else:
+        np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref))
+        np.testing.assert_allclose(ours, ref, rtol=1e-6)
+
+
+def test_top_p_flat_keeps_highest_indices():
+    """All-equal logits: HF's ascending stable sort drops the lowest indices first."""
+    ours = np.asarray(warp_jit(jnp.zeros((1, 10)), SamplingConfig(temperature=1.0, top_p=0.35)))
+    np.testing.assert_array_equal(np.isfinite(ours[0]), np.arange(10) >= 6)
+
+
+def test_probs_and_greedy():
+    logits = jnp.asarray(random_logits(0, "normal"))
+    greedy = SamplingConfig()
+    assert greedy.is_greedy and not SamplingConfig(temperature=0.1).is_greedy
+    np.testing.assert_array_equal(warp_jit(logits, greedy), logits)
+    p = probs_jit(logits, greedy)
+    np.testing.assert_array_equal(p, jax.nn.one_hot(jnp.argmax(logits, -1), V))
+    np.testing.assert_array_equal(sample_jit(jax.random.key(0), logits, greedy),
+                                  jnp.argmax(logits, -1))
+    cfg = SamplingConfig(temperature=0.7, top_k=10, top_p=0.9)
+    p = probs_jit(logits, cfg)
+    assert p.dtype == jnp.float32
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(p == 0, np.isneginf(hf_warp(np.asarray(logits), cfg)))
+
+
+def test_sample_follows_probs():
+    cfg = SamplingConfig(temperature=0.8, top_k=6, top_p=0.95)
+    logits = jnp.asarray(random_logits(3, "normal")[0, :10] / 4.0)
+    n = 20_000
+    toks = sample_jit(jax.random.key(1), jnp.broadcast_to(logits, (n, 10)), cfg)
+    assert toks.shape == (n,) and toks.dtype == jnp.int32
+    p = np.asarray(probs_jit(logits, cfg), np.float64)
+    counts = np.bincount(np.asarray(toks), minlength=10)
+    assert counts[p == 0].sum() == 0
+    keep = p > 0
+    assert stats.chisquare(counts[keep], p[keep] / p[keep].sum() * n).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_k=2.0), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_p=-0.2), "top_p"),
+])
+def test_validation(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingConfig(**kwargs)
+
+
+def test_config_is_hashable_static():
+    assert hash(SamplingConfig(0.7, 5, 0.9)) == hash(SamplingConfig(0.7, 5, 0.9))
+    with pytest.raises(Exception):
+        SamplingConfig().temperature = 1.0  # frozen
