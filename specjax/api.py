@@ -20,14 +20,21 @@ from specjax.sampling import SamplingConfig
 from specjax.tree import TreeConfig
 
 
-def load(path: str | None) -> LoadedModel:
-    """A specjax checkpoint dir, an HF model dir or a .gguf file; None: the embedded default LLM."""
-    from specjax import checkpoint, default_model, tokenizer
+def load(path: str | None, mesh=None, split: dict | None = None) -> LoadedModel:
+    """A specjax checkpoint dir, an HF model dir or a .gguf file; None: the embedded default LLM.
+
+    mesh: load straight into the sharding of `specjax.sharding` (split: its TP_SPLIT for an LLM,
+    SSM_SPLIT to replicate a drafter); None: onto the default device.
+    """
+    from specjax import checkpoint, default_model, sharding, tokenizer
 
     if path is None:
         path = str(default_model.default_llm_dir())
-    params, cfg = checkpoint.load_model(path)
-    params = jax.tree.map(jnp.asarray, params)  # on the device once, not copied in at every call
+    if mesh is not None:
+        params, cfg = sharding.load_sharded(path, mesh, sharding.TP_SPLIT if split is None else split)
+    else:
+        params, cfg = checkpoint.load_model(path)
+        params = jax.tree.map(jnp.asarray, params)  # on the device once, not copied in at every call
     return LoadedModel(params=params, cfg=cfg, tokenizer=tokenizer.load_tokenizer(path))
 
 
@@ -35,7 +42,7 @@ class Generator:
     """An LLM, optional SSMs and a tree config, ready to generate text."""
 
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
-                 max_len: int | None = None, mode: str | None = None):
+                 max_len: int | None = None, mode: str | None = None, mesh=None):
         self.llm = llm
         self.ssms = tuple(ssms)
         self.mode = mode or ("spec" if self.ssms else "incremental")
@@ -44,28 +51,39 @@ class Generator:
         if self.mode == "spec" and not self.ssms:
             raise EngineError("--mode spec needs at least one SSM (--ssm DIR)")
         self.tree = tree or TreeConfig(num_ssms=max(len(self.ssms), 1))
-        self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len)
+        self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len,
+                             mesh=mesh)
 
     @classmethod
     def load(cls, llm: str | None = None, ssms: Sequence[str] = (), tree: str | None = None,
-             node_budget: int = 64, max_len: int | None = None, mode: str | None = None) -> "Generator":
-        llm_model = load(llm)
-        ssm_models = [load(p) for p in ssms]
+             node_budget: int = 64, max_len: int | None = None, mode: str | None = None,
+             mesh=None) -> "Generator":
+        """mesh: "dp=2,tp=4" (see specjax.sharding.parse_mesh) or a jax.sharding.Mesh; None: one device."""
+        from specjax import sharding
+
+        if isinstance(mesh, str):
+            mesh = sharding.parse_mesh(mesh)
+        llm_model = load(llm, mesh)
+        ssm_models = [load(p, mesh, sharding.SSM_SPLIT) for p in ssms]
         if llm is None and not ssm_models and mode != "incremental":
             from specjax import default_model
 
-            ssm_models = [load(str(p)) for p in default_model.default_ssm_dirs()]
+            ssm_models = [load(str(p), mesh, sharding.SSM_SPLIT) for p in default_model.default_ssm_dirs()]
         tree_cfg = None
         if ssm_models:
             tree_cfg = (TreeConfig.parse(tree, num_ssms=len(ssm_models), node_budget=node_budget) if tree
                         else TreeConfig(num_ssms=len(ssm_models), node_budget=node_budget))
-        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode)
+        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh)
 
     def describe(self) -> str:
         c = self.llm.cfg
         s = f"LLM ({c.family}, {c.num_layers} layers, d={c.hidden_size}, V={c.vocab_size})"
         if self.mode == "spec":
             s += f" + {len(self.ssms)} SSM(s), tree {','.join(map(str, self.tree.expansion))}"
+        if self.engine.mesh is not None:
+            from specjax import sharding
+
+            s += f", mesh {sharding.describe(self.engine.mesh)}"
         return s
 
     def encode_row(self, row: dict, chat: bool) -> list[int]:
@@ -103,10 +121,12 @@ class Generator:
         """Rows {"prompt": str} or {"prompt_ids": [...]} -> one output dict per row."""
         ids = [self.encode_row(r, chat) for r in rows]
         results = self.generate_ids(ids, **kw)
+        batch_size = kw.get("batch_size", 8)
         tok = self.llm.tokenizer
         out = []
-        for row, res in zip(rows, results):
+        for i, (row, res) in enumerate(zip(rows, results)):
             out.append({
+                "batch": i // batch_size,
                 "prompt": row.get("prompt"),
                 "prompt_ids": res.prompt_ids,
                 "text": tok.decode(res.token_ids) if tok is not None else None,

@@ -109,3 +109,12 @@ def default_llm_dir() -> Path:
         else:
             os.makedirs(tmp)  # TemporaryDirectory's cleanup expects it
     return out
+
+
+def default_ssm_dirs() -> list[Path]:
+    """Drafters shipped for the default LLM (boost-tuned SSMs under specjax/default_ssms/, one
+    directory each). Empty until an ensemble ships; then `specjax generate` drafts with them."""
+    root = Path(__file__).parent / "default_ssms"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "specjax_config.json").is_file())

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import model
+from specjax import model, sharding
 from specjax.config import ModelConfig
 from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
@@ -106,10 +106,13 @@ class Engine:
       llm: the verifier LLM.
       max_len: cache slots per request (prompt + new tokens + one step's scratch). None: sized per
         batch from the prompts and max_new_tokens.
+      mesh: a `dp` x `tp` jax.sharding.Mesh (see specjax.sharding): the LLM is split over tp by the
+        partition rules, SSMs are replicated, batches are split over dp (padded with finished dummy
+        rows to a multiple of dp). None: one device.
     """
 
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
-                 max_len: int | None = None):
+                 max_len: int | None = None, mesh=None):
         self.llm = llm
         self.ssms = tuple(ssms)
         self.tree = tree
@@ -129,6 +132,11 @@ class Engine:
         if cfg.sliding_window is not None and (max_len or 0) > cfg.sliding_window:
             raise EngineError(f"max_len={max_len} exceeds sliding_window={cfg.sliding_window}, "
                               "which specjax does not implement")
+        self.mesh = mesh
+        if mesh is not None:  # weights placed once: the LLM split by the partition rules, SSMs replicated
+            self.llm = dataclasses.replace(llm, params=sharding.shard_params(llm.params, cfg, mesh))
+            self.ssms = tuple(dataclasses.replace(s, params=sharding.shard_params(
+                s.params, s.cfg, mesh, sharding.SSM_SPLIT)) for s in self.ssms)
 
     # -- shapes ---------------------------------------------------------------------------
     def _num_slots(self, longest_prompt: int, max_new_tokens: int, room: int) -> int:
@@ -156,32 +164,34 @@ class Engine:
                    record_steps: int) -> tuple[DecodeState, int]:
         """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket)."""
         cfg = self.llm.cfg
-        B = len(prompts)
+        n = len(prompts)
+        B = sharding.padded_batch(n, self.mesh)  # a multiple of dp: rows n.. are finished dummies
         longest = max(len(p) for p in prompts)
         S = self._num_slots(longest, max_new_tokens, room)
         bucket = min(prompt_bucket(longest), S)
         tokens = np.zeros((B, S), np.int32)
         for b, p in enumerate(prompts):
             tokens[b, : len(p)] = p
-        prompt_len = jnp.asarray([len(p) for p in prompts], jnp.int32)
-        tokens = jnp.asarray(tokens)
+        prompt_len = np.asarray([len(p) for p in prompts] + [1] * (B - n), np.int32)
+        tokens, prompt_len = sharding.shard_rows((tokens, prompt_len), self.mesh)
         dtype = jax.tree.leaves(self.llm.params)[0].dtype
-        cache = model.init_cache(cfg, B, S, dtype)
+        cache = sharding.new_cache(cfg, B, S, dtype, self.mesh)
         cache = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
                           dict(cfg=cfg, bucket=bucket))
         zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
+        max_new = np.where(np.arange(B) < n, max_new_tokens, 0).astype(np.int32)
         state = DecodeState(
             cache=cache, tokens=tokens, length=prompt_len - 1, prompt_len=prompt_len,
-            max_new=jnp.full((B,), max_new_tokens, jnp.int32), num_new=zeros(),
-            finish=jnp.full((B,), RUNNING if max_new_tokens > 0 else MAX_NEW_TOKENS, jnp.int32),
+            max_new=jnp.asarray(max_new), num_new=zeros(),
+            finish=jnp.asarray(np.where(max_new > 0, RUNNING, MAX_NEW_TOKENS).astype(np.int32)),
             steps=zeros(), emitted=jnp.zeros((B, record_steps), jnp.int32), key=jax.random.PRNGKey(seed),
         )
-        return state, bucket
+        return sharding.shard_decode_state(state, cfg, self.mesh), bucket
 
     def _run(self, name: str, fn, args: tuple, static: dict):
         """Calls jitted fn, compiling ahead of time once per (static args, shapes) so that compile
         time is counted apart from run time."""
-        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), args)
+        shapes = jax.tree.map(lambda x: (x.shape, x.dtype, getattr(x, "sharding", None)), args)
         key = (name, tuple(sorted(static.items(), key=lambda kv: kv[0])), jax.tree.structure(args), str(shapes))
         exe = self._compiled.get(key)
         if exe is None:
@@ -223,10 +233,11 @@ class Engine:
         caches = []
         for ssm in self.ssms:
             dtype = jax.tree.leaves(ssm.params)[0].dtype
-            cache = model.init_cache(ssm.cfg, B, S, dtype)
+            cache = sharding.new_cache(ssm.cfg, B, S, dtype, self.mesh, sharding.SSM_SPLIT)
             caches.append(self._run("prefill", _prefill, (ssm.params, cache, base.tokens, base.prompt_len),
                                     dict(cfg=ssm.cfg, bucket=bucket)))
         state = SpecState(base=base, ssm_caches=tuple(caches), ssm_len=jnp.array(base.length, copy=True))
+        state = sharding.shard_spec_state(state, cfg, self.mesh)
         ssm_params = tuple(s.params for s in self.ssms)
         state = self._run("spec", spec_loop, (self.llm.params, ssm_params, state), dict(cfg=cfg))
         jax.block_until_ready(state.base.tokens)
@@ -236,7 +247,7 @@ class Engine:
     @staticmethod
     def results(prompts: list[list[int]], state: DecodeState, seconds: float,
                 compile_seconds: float) -> list[GenerationResult]:
-        tokens, num_new, finish, steps, emitted = jax.device_get(
+        tokens, num_new, finish, steps, emitted = sharding.fetch(
             (state.tokens, state.num_new, state.finish, state.steps, state.emitted))
         out = []
         for b, p in enumerate(prompts):

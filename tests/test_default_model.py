@@ -86,3 +86,32 @@ def test_wheel_with_wrong_sha256_is_refused(tmp_path, monkeypatch):
     with pytest.raises(default_model.DefaultModelError, match="does not match the pinned"):
         default_model.default_gguf_path()
     assert not list(tmp_path.rglob("*.gguf"))
+
+
+GENERATE_PROMPTS = ["What is the capital of Japan?", "Write a haiku about autumn.",
+                    "Explain photosynthesis to a child.", "List three uses of a paperclip.",
+                    "How do I reverse a list in Python?"]
+
+
+@pytest.mark.slow
+def test_greedy_generate_matches_transformers(default_llm_dir, reference):
+    """specjax incremental greedy decoding == transformers' greedy generate, 5 prompts x 64 tokens
+    (each may stop earlier at EOS; both stop on the same ids)."""
+    import torch
+
+    from specjax import api
+    from specjax.engine import Engine
+
+    llm = api.load(str(default_llm_dir))
+    prompts = [llm.tokenizer.encode(p, chat=True) for p in GENERATE_PROMPTS]
+    eos = tuple(llm.tokenizer.eos_token_ids)
+    ours = Engine(llm).generate_incremental(prompts, 64, eos_ids=eos)
+    lengths = []
+    for ids, r in zip(prompts, ours):
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            ref = reference[0].generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64,
+                                        do_sample=False, eos_token_id=list(eos), pad_token_id=0)
+        assert r.token_ids == ref[0, len(ids):].tolist()
+        lengths.append(len(r.token_ids))
+    assert sum(lengths) >= 3 * 64  # mostly full-length runs, not a few tokens before EOS

@@ -1,0 +1,48 @@
+"""Speculative decoding on the real default LLM: greedy output equals incremental output token for
+token on 20 prompts x 128 tokens. The drafter is the LLM with 10% multiplicative weight noise: same
+vocabulary, no training needed, and it agrees with the LLM often but not always (MAT about 2), so
+deep acceptances, rejections and branches are all exercised. (An early-exit drafter made of the
+LLM's first 4 layers reaches a MAT of only 1.04.)"""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from specjax import api
+from specjax.engine import Engine, LoadedModel
+from specjax.tree import TreeConfig
+
+PROMPTS = [
+    "What is the capital of France?", "Write a limerick about a cat.", "Explain gravity simply.",
+    "Give me three tips for better sleep.", "Translate 'good morning' into Spanish.",
+    "What is 17 times 23?", "Summarize the plot of Cinderella.", "Write a Python function that adds two numbers.",
+    "Why is the ocean salty?", "Name five fruits.", "What does a CPU do?", "Describe a sunset.",
+    "How many legs does a spider have?", "Write a short thank-you note.", "What is machine learning?",
+    "Suggest a name for a bakery.", "What causes rain?", "Tell me a fun fact about owls.",
+    "How do I boil an egg?", "What is the largest planet?",
+]
+
+
+def noisy_drafter(llm: LoadedModel, scale: float, seed: int) -> LoadedModel:
+    leaves, treedef = jax.tree.flatten(llm.params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    noisy = [x * (1 + scale * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)]
+    return LoadedModel(params=treedef.unflatten(noisy), cfg=llm.cfg, tokenizer=llm.tokenizer)
+
+
+@pytest.mark.slow
+def test_default_llm_speculative_equals_incremental(default_llm_dir):
+    llm = api.load(str(default_llm_dir))
+    prompts = [llm.tokenizer.encode(p, chat=True) for p in PROMPTS]
+    ssm = noisy_drafter(llm, 0.1, seed=0)
+    inc = Engine(llm).generate_incremental(prompts, 128, eos_ids=())
+    spec_engine = Engine(llm, ssms=[ssm], tree=TreeConfig(expansion=(1, 2, 1)))
+    spec = []
+    for i in range(0, len(prompts), 10):
+        spec += spec_engine.generate_spec(prompts[i:i + 10], 128, eos_ids=())
+    for a, b in zip(inc, spec):
+        assert b.token_ids == a.token_ids
+    steps = [n for r in spec for n in r.accepted_per_step]
+    assert max(steps) == 4 and min(steps) == 1  # full-depth acceptances and full rejections
+    assert sum(steps) / len(steps) > 1.5
