@@ -134,6 +134,7 @@ class Generator:
                 "llm_steps": res.llm_steps,
                 "accepted_per_step": res.accepted_per_step,
                 "mean_accepted": res.mean_accepted,
+                "acceptance_by_depth": res.acceptance_by_depth(self.tree.depth) if self.mode == "spec" else [],
                 "seconds": res.seconds,
                 "compile_seconds": res.compile_seconds,
                 "finish_reason": res.finish_reason,

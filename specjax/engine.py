@@ -53,7 +53,16 @@ class GenerationResult:
 
     @property
     def mean_accepted(self) -> float:
+        """MAT: tokens emitted per LLM step, bonus included (plain decoding: 1.0)."""
         return len(self.token_ids) / max(self.llm_steps, 1)
+
+    def acceptance_by_depth(self, max_depth: int) -> list[float]:
+        """[d-1] = fraction of LLM steps that accepted at least d drafted tokens, d = 1..max_depth.
+
+        A step that emitted n tokens accepted n - 1 (the last is the LLM's own). The final step is left
+        out (EOS, max_new_tokens or the cache may have cut it short) unless it is the only one."""
+        steps = self.accepted_per_step[:-1] or self.accepted_per_step
+        return [sum(n - 1 >= d for n in steps) / max(len(steps), 1) for d in range(1, max_depth + 1)]
 
 
 def prompt_bucket(n: int) -> int:

@@ -125,6 +125,17 @@ def test_bad_input(llm):
     ssm = LoadedModel(model.init_params(other_vocab, jax.random.PRNGKey(1)), other_vocab)
     with pytest.raises(EngineError, match="vocabulary of 65 tokens but the LLM has 64"):
         Engine(llm, ssms=[ssm], tree=TreeConfig(num_ssms=1))
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    a = LoadedModel(llm.params, CFG, Tok({"a": 0, "b": 1}))
+    b = LoadedModel(llm.params, CFG, Tok({"a": 1, "b": 0}))
+    with pytest.raises(EngineError, match="tokenizer differs from the LLM's"):
+        Engine(a, ssms=[b], tree=TreeConfig(num_ssms=1))
     with pytest.raises(EngineError, match="tree config is for 2 SSM"):
         Engine(llm, ssms=[llm], tree=TreeConfig(num_ssms=2, expansion=(1, 1)))
     with pytest.raises(TreeConfigError, match="node_budget"):
