@@ -30,7 +30,7 @@ FINISH_REASONS = {RUNNING: "running", EOS: "eos", MAX_NEW_TOKENS: "max_new_token
 class DecodeState:
     """Everything the loop carries. Shapes: B requests, S cache slots, R max recorded steps."""
 
-    cache: model.KVCache  # LLM cache, [B, S, K, A] per layer
+    cache: model.KVCache  # LLM cache, [B, K, S, A] per layer
     tokens: jax.Array  # [B, S] int32: prompt, then emitted tokens
     length: jax.Array  # [B] int32: P, tokens with K/V in the LLM cache; root at tokens[b, P]
     prompt_len: jax.Array  # [B] int32

@@ -33,18 +33,21 @@ Params = dict
 
 @flax.struct.dataclass
 class KVCache:
-    """Per-layer keys and values: k[l], v[l] of shape [B, S, K, A]."""
+    """Per-layer keys and values: k[l], v[l] of shape [B, K, S, A].
+
+    Heads before slots, so attention's batched dots (over b, k) read the cache as it lies, with no
+    per-step transpose of the whole cache."""
 
     k: tuple
     v: tuple
 
     @property
     def num_slots(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
 
 def init_cache(cfg: ModelConfig, batch: int, num_slots: int, dtype=jnp.float32) -> KVCache:
-    shape = (batch, num_slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, num_slots, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return KVCache(k=zeros, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
 
@@ -104,16 +107,24 @@ def activation(name: str, x):
 
 
 def write_cache(cache_l, new, slots):
-    """cache_l [B, S, K, A] with new [B, T, K, A] written at slots [B, T]; slots >= S are dropped."""
-    b = jnp.arange(cache_l.shape[0])[:, None]
-    return cache_l.at[b, slots].set(new.astype(cache_l.dtype), mode="drop")
+    """cache_l [B, K, S, A] with new [B, T, K, A] written at slots [B, T]; slots >= S are dropped.
+
+    Vmapped over B: a scatter with a batch dimension, which a cache split over the batch (sharding's
+    dp axis) partitions with no communication (explicit row indices would all-gather the new K/V)."""
+    def write(c, n, s):  # [K, S, A] <- [T, K, A] at slots [T]
+        return c.at[:, s].set(jnp.swapaxes(n, 0, 1).astype(c.dtype), mode="drop")
+
+    return jax.vmap(write)(cache_l, new, slots)
 
 
 def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots, mask, inv_freq):
     """One attention block. x [B, T, D]; returns (out [B, T, D], k_cache, v_cache)."""
-    q = jnp.einsum("btd,dha->btha", x, lp["q"])
-    k = jnp.einsum("btd,dka->btka", x, lp["k"])
-    v = jnp.einsum("btd,dka->btka", x, lp["v"])
+    B, T, D = x.shape
+    H, K, A = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    # Plain 2-D matmuls on bitcast-reshaped weights: XLA then never transposes a weight per step.
+    q = (x @ lp["q"].reshape(D, H * A)).reshape(B, T, H, A)
+    k = (x @ lp["k"].reshape(D, K * A)).reshape(B, T, K, A)
+    v = (x @ lp["v"].reshape(D, K * A)).reshape(B, T, K, A)
     if cfg.qkv_bias:
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
     if cfg.uses_rope:
@@ -121,14 +132,14 @@ def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots,
     k_cache = write_cache(k_cache, k, slots)
     v_cache = write_cache(v_cache, v, slots)
 
-    B, T, H, A = q.shape
-    K = cfg.num_kv_heads
-    q = q.reshape(B, T, K, H // K, A)
-    scores = jnp.einsum("btkga,bska->bkgts", q, k_cache).astype(jnp.float32) / math.sqrt(A)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-    out = jnp.einsum("bkgts,bska->btkga", probs, v_cache).reshape(B, T, H, A)
-    out = jnp.einsum("btha,had->btd", out, lp["o"])
+    q = jnp.swapaxes(q.reshape(B, T, K, H // K, A), 1, 2).reshape(B, K, T * (H // K), A)  # [B, K, TG, A]
+    scores = jnp.einsum("bkqa,bksa->bkqs", q, k_cache).astype(jnp.float32) / math.sqrt(A)
+    scores = scores.reshape(B, K, T, H // K, -1)  # [B, K, T, G, S]
+    scores = jnp.where(mask[:, None, :, None, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype).reshape(B, K, T * (H // K), -1)
+    out = jnp.einsum("bkqs,bksa->bkqa", probs, v_cache)  # [B, K, TG, A]
+    out = jnp.swapaxes(out.reshape(B, K, T, H // K, A), 1, 2).reshape(B, T, H * A)
+    out = out @ lp["o"].reshape(H * A, D)
     if cfg.o_bias:
         out = out + lp["o_bias"]
     return out, k_cache, v_cache

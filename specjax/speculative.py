@@ -62,13 +62,12 @@ def commit_path(cache: model.KVCache, root_slot, path, num_accepted, running):
     B, M1 = path.shape
     S = cache.num_slots
     d = jnp.arange(1, M1)[None, :]
-    src = root_slot[:, None] + jnp.maximum(path[:, 1:], 0)  # [B, M]
+    src = jnp.minimum(root_slot[:, None] + jnp.maximum(path[:, 1:], 0), S - 1)  # [B, M]
     keep = (d <= num_accepted[:, None]) & running[:, None]
-    dst = jnp.where(keep, root_slot[:, None] + d, S)
-    rows = jnp.arange(B)[:, None]
+    dst = jnp.where(keep, root_slot[:, None] + d, S)  # S: dropped
 
-    def move(c):
-        return c.at[rows, dst].set(c[rows, jnp.minimum(src, S - 1)], mode="drop")
+    def move(c):  # c [B, K, S, A]; per row: gather all sources, then scatter (vmapped, as write_cache)
+        return jax.vmap(lambda c, s, t: c.at[:, t].set(c[:, s], mode="drop"))(c, src, dst)
 
     return model.KVCache(k=tuple(map(move, cache.k)), v=tuple(map(move, cache.v)))
 
