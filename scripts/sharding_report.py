@@ -7,7 +7,8 @@
 Runs on fake CPU devices (--devices, default 8) unless an accelerator is present. The numbers come from
 the partition rules (`specjax.sharding.param_bytes`); --load also loads the checkpoint with
 `load_sharded` and sums what each device really holds (`addressable_shards`). Expected: about
-1/tp of the split parameters plus the replicated ones (norms; kv heads when tp > K) on each device.
+1/tp of the split parameters plus the replicated ones (norms) on each device; kv heads repeated
+when tp > K count tp / K times.
 """
 
 from __future__ import annotations
@@ -82,12 +83,12 @@ def main(argv=None) -> int:
     print(f"{name}: mesh {sharding.describe(mesh)} on {mesh.devices.size} of {n} {jax.default_backend()} "
           f"device(s), {args.dtype}")
     rows: dict[str, list[int]] = {}
+    on_mesh = checkpoint.expected_shapes(sharding.mesh_config(cfg, mesh, split))  # kv heads may be repeated
     for pname, shape in checkpoint.expected_shapes(cfg).items():
-        nbytes = int(np.prod(shape)) * itemsize
         ways = int(np.prod([sizes[a] for a in specs[pname] if a is not None]))
         row = rows.setdefault(group_of(pname), [0, 0])
-        row[0] += nbytes
-        row[1] += nbytes // ways
+        row[0] += int(np.prod(shape)) * itemsize
+        row[1] += int(np.prod(on_mesh[pname])) * itemsize // ways
     mib = lambda b: f"{b / 2**20:12.1f}"
     print(f"{'':22}{'total MiB':>12}{'per device':>12}{'fraction':>10}")
     for group, (total, per) in rows.items():

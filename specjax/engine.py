@@ -143,9 +143,9 @@ class Engine:
                               "which specjax does not implement")
         self.mesh = mesh
         if mesh is not None:  # weights placed once: the LLM split by the partition rules, SSMs replicated
-            self.llm = dataclasses.replace(llm, params=sharding.shard_params(llm.params, cfg, mesh))
-            self.ssms = tuple(dataclasses.replace(s, params=sharding.shard_params(
-                s.params, s.cfg, mesh, sharding.SSM_SPLIT)) for s in self.ssms)
+            place = lambda m, split: dict(zip(("params", "cfg"), sharding.shard_model(m.params, m.cfg, mesh, split)))
+            self.llm = dataclasses.replace(llm, **place(llm, sharding.TP_SPLIT))  # cfg: kv heads may be repeated
+            self.ssms = tuple(dataclasses.replace(s, **place(s, sharding.SSM_SPLIT)) for s in self.ssms)
 
     # -- shapes ---------------------------------------------------------------------------
     def _num_slots(self, longest_prompt: int, max_new_tokens: int, room: int) -> int:

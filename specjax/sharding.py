@@ -26,17 +26,19 @@ weights and on LLaMA-3-70B embed + lm_head are 2 GiB each in bf16, so replicatin
 what tp saves (scripts/sharding_report.py prints the per-device bytes); the price is a small
 all-reduce after the embedding gather and collectives in the argmax / sampling over V.
 
-Kv heads fewer than tp (GQA / MQA): when tp is a multiple of K, k and v are replicated over tp (every
-device holds all K kv heads; each device's query heads then use one of them). Any other dimension
-that tp does not divide is an error (`ShardingError`) naming the dimension and the tp sizes that fit.
+Kv heads fewer than tp (GQA / MQA): when tp is a multiple of K, each kv head is repeated tp / K times
+(`mesh_config`: the model then runs with K' = tp kv heads, one per device, computing the same
+function), so the cache splits over tp like the query heads. Replicating k and v over tp instead
+would make XLA all-gather the whole cache every step. Any other dimension that tp does not divide
+is an error (`ShardingError`) naming the dimension and the tp sizes that fit.
 
 SSMs are replicated (`SSM_SPLIT`, nothing split over tp): they are a few percent of the LLM, and the
 draft is a chain of small sequential forwards (one per tree level) whose latency per-layer
 all-reduces would dominate; replicated, each tp device drafts redundantly with no communication.
 Their batch is still split over dp.
 
-Caches and loop state. A cache [B, S, K, A] is P('dp', None, kv, None) where kv is the axis its
-model's k projection splits K over (so `tp` for the LLM, None for SSMs and replicated kv heads);
+Caches and loop state. A cache [B, K, S, A] is P('dp', kv, None, None) where kv is the axis its
+model's k projection splits K over (`tp` for the LLM, None for the SSMs);
 every other state array has the batch first and is split over dp (the PRNG key is replicated).
 B must be a multiple of dp: the engine pads a batch with finished dummy rows (`padded_batch`).
 
@@ -46,6 +48,7 @@ program on the same prompts (SPMD), and `fetch` gathers results onto every host.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -86,7 +89,7 @@ DIM_NAMES = {"H": "num_heads", "K": "num_kv_heads", "F": "intermediate_size", "V
 
 
 class ShardingError(ValueError):
-    """A mesh that does not fit the devices, the model or the batch, or a parameter no rule covers."""
+    """A mesh that does not fit the devices or the model, or a parameter no rule covers."""
 
 
 # ----------------------------------------------------------------------------- the mesh
@@ -114,7 +117,7 @@ def mesh_shape(spec: str | None, num_devices: int) -> tuple[int, int]:
     dp, tp = sizes["dp"], sizes["tp"]
     if dp * tp > num_devices:
         raise ShardingError(f"mesh {spec!r} needs dp * tp = {dp * tp} devices but only {num_devices} are "
-                            f"available ({jax.default_backend()})")
+                            "available")
     return dp, tp
 
 
@@ -124,7 +127,10 @@ def make_mesh(dp: int, tp: int, devices: Sequence | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)[: dp * tp]
     if len(devices) < dp * tp:
         raise ShardingError(f"a dp={dp} x tp={tp} mesh needs {dp * tp} devices, {len(devices)} available")
-    return jax.make_mesh((dp, tp), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
+    try:  # topology-aware device order where JAX knows one (TPU slices)
+        return jax.make_mesh((dp, tp), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):  # e.g. a part of a TPU slice
+        return Mesh(np.asarray(devices).reshape(dp, tp), AXES, axis_types=(AxisType.Auto,) * 2)
 
 
 def parse_mesh(spec: str | None, devices: Sequence | None = None) -> Mesh:
@@ -147,30 +153,40 @@ def dims(cfg: ModelConfig) -> dict[str, int]:
             "A": cfg.head_dim, "P": cfg.max_position_embeddings + cfg.position_offset}
 
 
-def dim_axis(letter: str, size: int, mesh, split: dict[str, str]) -> str | None:
-    """The mesh axis dimension `letter` (of `size`) is split over, or None (replicated).
-    Raises ShardingError when the axis does not divide it (kv heads fewer than tp: replicated)."""
+def axis_size(mesh, split: dict[str, str], letter: str) -> int:
     axis = split.get(letter)
-    n = dict(mesh.shape)[axis] if axis else 1
-    if n == 1:
-        return None
-    if size % n == 0:
-        return axis
-    if letter == "K" and n % size == 0:
-        return None  # GQA / MQA with tp a multiple of K: every device holds all kv heads
-    raise ShardingError(f"{axis}={n} does not divide {DIM_NAMES.get(letter, letter)} ({letter}={size})")
+    return dict(mesh.shape)[axis] if axis else 1
+
+
+def kv_repeats(cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT) -> int:
+    """r > 1 when the kv heads are fewer than tp and tp is a multiple of them: each kv head is then
+    repeated r = tp / K times (K' = tp kv heads, one per device), else 1."""
+    n, K = axis_size(mesh, split, "K"), cfg.num_kv_heads
+    return n // K if n > K and n % K == 0 else 1
+
+
+def mesh_config(cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT) -> ModelConfig:
+    """The config the model runs with on this mesh: cfg, with num_kv_heads K * kv_repeats.
+
+    Repeating kv head k as heads k*r .. k*r + r - 1 computes the same function (query head h reads kv
+    head h // (H / K) = (h // (H / K')) // r); it lets the cache split over tp like the query heads.
+    Replicating K over tp instead would make XLA all-gather the whole cache every step."""
+    r = kv_repeats(cfg, mesh, split)
+    return cfg if r == 1 else dataclasses.replace(cfg, num_kv_heads=cfg.num_kv_heads * r)
+
+
+def fits_tp(cfg: ModelConfig, tp: int, split: dict[str, str] = TP_SPLIT) -> bool:
+    """Whether tp splits every dimension of `split` (kv heads: or is a multiple of them)."""
+    sizes = dims(cfg)
+    return all(sizes[l] % tp == 0 or (l == "K" and tp % sizes[l] == 0) for l in split)
 
 
 def check_fits(cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT) -> None:
-    """Raises ShardingError listing every split dimension the mesh does not divide, and the tp sizes
+    """Raises ShardingError naming every split dimension the mesh does not divide, and the tp sizes
     that would fit."""
     sizes = dims(cfg)
-    problems = []
-    for letter in split:
-        try:
-            dim_axis(letter, sizes[letter], mesh, split)
-        except ShardingError as e:
-            problems.append(str(e))
+    problems = [f"{split[l]}={axis_size(mesh, split, l)} does not divide {DIM_NAMES[l]} ({l}={sizes[l]})"
+                for l in split if not fits_tp(cfg, axis_size(mesh, split, l), {l: split[l]})]
     if problems:
         ok = [t for t in range(1, 65) if fits_tp(cfg, t, split)]
         raise ShardingError(
@@ -179,45 +195,41 @@ def check_fits(cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT) -> None
             f"model: {ok} (pass e.g. --mesh dp=..,tp={ok[-1]})")
 
 
-def fits_tp(cfg: ModelConfig, tp: int, split: dict[str, str] = TP_SPLIT) -> bool:
-    sizes = dims(cfg)
-    return all(sizes[l] % tp == 0 or (l == "K" and tp % sizes[l] == 0) for l in split)
-
-
-def param_spec(name: str, shape: Sequence[int], cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT,
-               rules: Sequence[tuple[str, str]] = PARAM_RULES) -> P:
-    """The PartitionSpec of parameter `name` (flat, e.g. "layers.3.q") of `shape`."""
+def rule_letters(name: str, rules: Sequence[tuple[str, str]] = PARAM_RULES) -> str:
+    """The dimension letters of parameter `name` (flat, e.g. "layers.3.q" -> "DHA")."""
     for pattern, letters in rules:
         if re.fullmatch(pattern, name):
-            break
-    else:
-        raise ShardingError(f"no partition rule matches parameter {name!r} {tuple(shape)}: add one to "
-                            "sharding.PARAM_RULES")
-    if len(letters) != len(shape):
-        raise ShardingError(f"partition rule {pattern!r} gives {name!r} dimensions {letters!r} but it "
-                            f"has shape {tuple(shape)}")
-    sizes = dims(cfg)
+            return letters
+    raise ShardingError(f"no partition rule matches parameter {name!r}: add one to sharding.PARAM_RULES")
+
+
+def param_spec(name: str, shape: Sequence[int], cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT) -> P:
+    """The PartitionSpec of parameter `name` of `shape` (cfg: the mesh config, see `mesh_config`)."""
+    letters, sizes = rule_letters(name), dims(cfg)
+    if len(letters) != len(shape) or any(n != sizes.get(l, n) for l, n in zip(letters, shape)):
+        raise ShardingError(f"parameter {name!r} has shape {tuple(shape)}, its rule says "
+                            f"{tuple(sizes.get(l, l) for l in letters)} ({letters})")
     axes = []
     for letter, n in zip(letters, shape):
-        if n != sizes.get(letter, n):
-            raise ShardingError(f"{name}: dimension {letter} is {n}, the config says {sizes[letter]}")
-        try:
-            axes.append(dim_axis(letter, n, mesh, split))
-        except ShardingError as e:
-            raise ShardingError(f"cannot shard {name} {tuple(shape)} over mesh {describe(mesh)}: {e}") from None
+        k = axis_size(mesh, split, letter)
+        if n % k:
+            raise ShardingError(f"cannot shard {name} {tuple(shape)} over mesh {describe(mesh)}: "
+                                f"{split[letter]}={k} does not divide {DIM_NAMES[letter]} ({letter}={n})")
+        axes.append(split[letter] if k > 1 else None)
     return P(*axes)
 
 
 def param_specs(cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT) -> dict[str, P]:
-    """Flat parameter name -> PartitionSpec for every parameter of cfg."""
+    """Flat parameter name -> PartitionSpec for every parameter of cfg on this mesh."""
     check_fits(cfg, mesh, split)
+    cfg = mesh_config(cfg, mesh, split)
     return {name: param_spec(name, shape, cfg, mesh, split)
             for name, shape in checkpoint.expected_shapes(cfg).items()}
 
 
 def cache_spec(cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT) -> P:
-    """[B, S, K, A]: batch over dp, kv heads as the model's k projection splits them."""
-    return P("dp", None, dim_axis("K", cfg.num_kv_heads, mesh, split), None)
+    """[B, K, S, A] (K of the mesh config): batch over dp, kv heads as the k projection splits them."""
+    return P("dp", param_specs(cfg, mesh, split)["layers.0.k"][1], None, None)
 
 
 def row_spec(ndim: int) -> P:
@@ -240,20 +252,34 @@ def put(x: Any, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def shard_params(params: Any, cfg: ModelConfig, mesh: Mesh, split: dict[str, str] = TP_SPLIT) -> Any:
-    """params pytree (numpy or jax arrays) -> the same pytree placed by the partition rules."""
+def shard_model(params: Any, cfg: ModelConfig, mesh: Mesh, split: dict[str, str] = TP_SPLIT
+                ) -> tuple[Any, ModelConfig]:
+    """params pytree (numpy or jax arrays) of cfg -> (the pytree placed by the partition rules, the
+    mesh config). Kv heads are repeated first when tp is a multiple of them (`mesh_config`)."""
     specs = param_specs(cfg, mesh, split)
     flat = checkpoint.flatten(params)
     unknown = sorted(set(flat) - set(specs))
     if unknown:
         raise ShardingError(f"parameters not in the config's layout: {', '.join(unknown)}")
-    placed = {name: put(x, NamedSharding(mesh, specs[name])) for name, x in flat.items()}
-    return checkpoint.unflatten(placed, params)
+    r = kv_repeats(cfg, mesh, split)
+    placed = {}
+    for name, x in flat.items():
+        sharding = NamedSharding(mesh, specs[name])
+        letters = rule_letters(name)
+        if r == 1 or "K" not in letters:
+            placed[name] = put(x, sharding)
+        elif isinstance(x, jax.Array):
+            placed[name] = put(jnp.repeat(x, r, axis=letters.index("K")), sharding)
+        else:
+            x = np.asarray(x)
+            placed[name] = _from_reader(_repeated_kv(lambda index, x=x: x[index], letters, r),
+                                        _repeated_shape(x.shape, letters, r), sharding)
+    return checkpoint.unflatten(placed, params), mesh_config(cfg, mesh, split)
 
 
 def load_sharded(path: str | os.PathLike | None, mesh: Mesh, split: dict[str, str] = TP_SPLIT,
                  dtype: Any = np.float32) -> tuple[dict, ModelConfig]:
-    """Loads a checkpoint straight into its sharding -> (params pytree of jax.Arrays, cfg).
+    """Loads a checkpoint straight into its sharding -> (params pytree of jax.Arrays, mesh config).
 
     A specjax checkpoint is read shard by shard (`safetensors` slices): no device, and no host, ever
     holds more than one parameter whole. An HF directory or .gguf is converted on the host first.
@@ -267,9 +293,10 @@ def load_sharded(path: str | os.PathLike | None, mesh: Mesh, split: dict[str, st
         path = default_model.default_llm_dir()
     if not checkpoint.is_checkpoint(path):
         params, cfg = checkpoint.load_model(path, dtype)
-        return shard_params(params, cfg, mesh, split), cfg
+        return shard_model(params, cfg, mesh, split)
     cfg = checkpoint.load_config(path)
     specs = param_specs(cfg, mesh, split)
+    r = kv_repeats(cfg, mesh, split)
     file = os.path.join(path, checkpoint.WEIGHTS_FILE)
     if not os.path.isfile(file):
         raise checkpoint.CheckpointError(f"{path}: {checkpoint.WEIGHTS_FILE} not found")
@@ -277,42 +304,72 @@ def load_sharded(path: str | os.PathLike | None, mesh: Mesh, split: dict[str, st
         with safe_open(file, framework="np") as f:
             shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
             checkpoint.check_tensors(shapes, checkpoint.expected_shapes(cfg), file)
-            flat = {name: _read_sharded(f, name, shapes[name], NamedSharding(mesh, specs[name]), dtype)
-                    for name in shapes}
+            flat = {}
+            for name, shape in shapes.items():
+                read = lambda index, name=name: f.get_slice(name)[index].astype(dtype, copy=False)
+                letters = rule_letters(name)
+                flat[name] = _from_reader(_repeated_kv(read, letters, r), _repeated_shape(shape, letters, r),
+                                          NamedSharding(mesh, specs[name]))
     except (checkpoint.CheckpointError, ShardingError):
         raise
     except Exception as e:  # safetensors raises its own error type for truncated / corrupt files
         raise checkpoint.CheckpointError(f"{file}: cannot read safetensors file ({e})") from e
+    cfg = mesh_config(cfg, mesh, split)
     return checkpoint.unflatten(flat, model.param_shapes(cfg)), cfg
 
 
-def _read_sharded(f, name: str, shape: tuple, sharding: NamedSharding, dtype) -> jax.Array:
-    """One parameter, each device's shard read from the file (each distinct shard read once)."""
-    read: dict = {}
+def _from_reader(read, shape: tuple, sharding: NamedSharding) -> jax.Array:
+    """A jax.Array of `shape` whose every device gets read(its index) (each distinct shard read once)."""
+    shards: dict = {}
 
     def shard(index):
         key = tuple((s.start, s.stop, s.step) for s in index)
-        if key not in read:
-            read[key] = f.get_slice(name)[index].astype(dtype, copy=False)
-        return read[key]
+        if key not in shards:
+            shards[key] = read(index)
+        return shards[key]
 
-    return jax.make_array_from_callback(shape, sharding, shard)
+    return jax.make_array_from_callback(tuple(shape), sharding, shard)
+
+
+def _repeated_shape(shape: tuple, letters: str, r: int) -> tuple:
+    return tuple(n * r if l == "K" else n for l, n in zip(letters, shape))
+
+
+def _repeated_kv(read, letters: str, r: int):
+    """read(index) of a tensor -> read(index) of that tensor with its K axis repeated r times
+    (head k becomes heads k*r .. k*r + r - 1); only the original heads the index covers are read."""
+    if r == 1 or "K" not in letters:
+        return read
+    axis = letters.index("K")
+
+    def expanded(index):
+        sl = index[axis]
+        if sl.stop is None:  # the whole K axis
+            return np.repeat(read(index), r, axis=axis)
+        start, stop = sl.start or 0, sl.stop
+        lo, hi = start // r, (stop - 1) // r + 1
+        x = np.repeat(read(index[:axis] + (slice(lo, hi),) + index[axis + 1:]), r, axis=axis)
+        return x[(slice(None),) * axis + (slice(start - lo * r, stop - lo * r),)]
+
+    return expanded
 
 
 def new_cache(cfg: ModelConfig, batch: int, num_slots: int, dtype, mesh: Mesh | None,
               split: dict[str, str] = TP_SPLIT) -> model.KVCache:
-    """model.init_cache, created directly in its sharding (never whole on one device).
-    mesh None: model.init_cache."""
+    """model.init_cache (of the mesh config), created directly in its sharding (never whole on one
+    device). mesh None: model.init_cache."""
     if mesh is None:
         return model.init_cache(cfg, batch, num_slots, dtype)
+    cfg = mesh_config(cfg, mesh, split)
     sharding = NamedSharding(mesh, cache_spec(cfg, mesh, split))
-    shape = (batch, num_slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, num_slots, cfg.head_dim)
     zeros = lambda: jnp.zeros(shape, dtype, device=sharding)
     return model.KVCache(k=tuple(zeros() for _ in range(cfg.num_layers)),
                          v=tuple(zeros() for _ in range(cfg.num_layers)))
 
 
 def shard_cache(cache: model.KVCache, cfg: ModelConfig, mesh: Mesh, split: dict[str, str] = TP_SPLIT):
+    """A cache (of cfg's mesh config) placed by `cache_spec`."""
     sharding = NamedSharding(mesh, cache_spec(cfg, mesh, split))
     return jax.tree.map(lambda x: put(x, sharding), cache)
 
@@ -362,15 +419,15 @@ def fetch(tree: Any) -> Any:
 
 
 def param_bytes(cfg: ModelConfig, mesh, split: dict[str, str] = TP_SPLIT, itemsize: int = 4) -> dict:
-    """Bytes of cfg's parameters: {"total", "per_device", "replicated"} (per_device: on each
-    device, replicated: the part of it that every device holds whole)."""
+    """Bytes of cfg's parameters: {"total": the model, "per_device": what each device holds,
+    "replicated": the part of per_device that every device holds whole (repeated kv heads count as split)}."""
     specs = param_specs(cfg, mesh, split)
     sizes = dict(mesh.shape)
-    total = per_device = replicated = 0
-    for name, shape in checkpoint.expected_shapes(cfg).items():
+    total = sum(math.prod(shape) for shape in checkpoint.expected_shapes(cfg).values()) * itemsize
+    per_device = replicated = 0
+    for name, shape in checkpoint.expected_shapes(mesh_config(cfg, mesh, split)).items():
         n = math.prod(shape) * itemsize
         ways = math.prod(sizes[a] for a in specs[name] if a is not None)
-        total += n
         per_device += n // ways
         replicated += n if ways == 1 else 0
     return {"total": total, "per_device": per_device, "replicated": replicated}

@@ -2,7 +2,7 @@
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (the device count is fixed when jax starts, and
 the rest of the suite runs on one device); skipped when started without it.
 
-- greedy speculative (and incremental) output under meshes dp=1 tp=8 (kv heads replicated),
+- greedy speculative (and incremental) output under meshes dp=1 tp=8 (kv heads repeated),
   dp=2 tp=4 and dp=8 tp=1 (3 prompts: padded batches) equals single-device output, token for token;
 - the default LLM (SmolLM2-135M) over tp=3 equals its single-device output;
 - parameters and caches are really split (per-device shard shapes);
@@ -95,22 +95,35 @@ def test_parameters_and_caches_are_split(models):
     state, _ = engine.init_state(PROMPTS, 16, 0, TREE.num_nodes, 16)
     B, S = state.tokens.shape
     assert B == 4  # 3 prompts padded to a multiple of dp=2
-    assert state.cache.k[0].sharding.is_equivalent_to(NamedSharding(engine.mesh, P("dp", None, "tp", None)), 4)
-    assert shards(state.cache.k[0]) == shards(state.cache.v[1]) == {(B // 2, S, K // 4, A)}
+    assert state.cache.k[0].sharding.is_equivalent_to(NamedSharding(engine.mesh, P("dp", "tp", None, None)), 4)
+    assert shards(state.cache.k[0]) == shards(state.cache.v[1]) == {(B // 2, K // 4, S, A)}
     assert shards(state.tokens) == {(B // 2, S)} and shards(state.length) == {(B // 2,)}
     assert state.key.sharding.is_fully_replicated
     ssm_cache = sharding.new_cache(SSM_CFG, B, S, jnp.float32, engine.mesh, sharding.SSM_SPLIT)
-    assert shards(ssm_cache.k[0]) == {(B // 2, S, 1, A)}
+    assert shards(ssm_cache.k[0]) == {(B // 2, 1, S, A)}
+
+    # tp=8 > K=4: kv heads repeated, one per device; cache split likewise.
+    engine = Engine(llm, ssms, TREE, mesh=sharding.parse_mesh("dp=1,tp=8"))
+    assert engine.llm.cfg.num_kv_heads == 8
+    k = engine.llm.params["layers"][0]["k"]
+    assert shards(k) == {(D, 1, A)}
+    np.testing.assert_array_equal(np.asarray(k), np.repeat(llm.params["layers"][0]["k"], 2, axis=1))
+    state, _ = engine.init_state(PROMPTS, 16, 0, TREE.num_nodes, 16)
+    assert shards(state.cache.k[0]) == {(3, 1, state.tokens.shape[1], A)}
 
 
-def test_load_sharded_reads_each_shard(models, tmp_path):
+@pytest.mark.parametrize("spec", ["dp=2,tp=4", "dp=1,tp=8"])
+def test_load_sharded_reads_each_shard(models, tmp_path, spec):
     llm, _ = models
     path = save_tiny(tmp_path / "llm", llm.params, CFG)
-    mesh = sharding.parse_mesh("dp=2,tp=4")
+    mesh = sharding.parse_mesh(spec)
     params, cfg = sharding.load_sharded(path, mesh)
-    assert cfg == CFG
+    r = 2 if spec == "dp=1,tp=8" else 1  # kv heads repeated
+    assert cfg == dataclasses.replace(CFG, num_kv_heads=CFG.num_kv_heads * r)
     for name, x in checkpoint.flatten(params).items():
         want = checkpoint.flatten(llm.params)[name]
+        if r > 1 and name.split(".")[-1] in ("k", "v", "k_bias", "v_bias"):
+            want = np.repeat(want, r, axis=want.ndim - 2)
         assert x.sharding.spec == sharding.param_specs(CFG, mesh)[name]
         for s in x.addressable_shards:
             np.testing.assert_array_equal(np.asarray(s.data), want[s.index])

@@ -102,7 +102,7 @@ def test_partition_rules_split_heads_mlp_and_vocab():
     assert specs["layers.1.down"] == P("tp", None) and specs["layers.1.up_bias"] == P("tp")
     for name in ("layers.0.attn_norm.scale", "layers.0.mlp_norm.scale", "final_norm.scale", "layers.0.down_bias"):
         assert specs[name] == P(None)
-    assert sharding.cache_spec(CFG, mesh(2, 4)) == P("dp", None, "tp", None)
+    assert sharding.cache_spec(CFG, mesh(2, 4)) == P("dp", "tp", None, None)
     # Drafters are replicated; a batch-only mesh replicates everything.
     assert set(sharding.param_specs(SSM_CFG, mesh(2, 4), sharding.SSM_SPLIT).values()) == {P(None), P(None, None),
                                                                                           P(None, None, None)}
@@ -135,7 +135,7 @@ def test_parameter_without_rule_raises():
     with pytest.raises(ShardingError, match="parameters not in the config's layout: layers.0.extra"):
         params = random_params(CFG, 0)
         params["layers"][0]["extra"] = np.zeros((32,), np.float32)
-        sharding.shard_params(params, CFG, mesh(1, 2))
+        sharding.shard_model(params, CFG, mesh(1, 2))
 
 
 def test_mesh_not_dividing_the_model_raises():
@@ -159,12 +159,38 @@ def test_mesh_not_dividing_the_model_raises():
                                          max_position_embeddings=64), mesh(1, 2))
 
 
-def test_kv_heads_replicated_when_tp_is_a_multiple_of_them():
-    specs = sharding.param_specs(CFG, mesh(1, 8))  # K=4 < tp=8
-    assert specs["layers.0.k"] == specs["layers.0.v"] == P(None, None, None)
-    assert specs["layers.0.k_bias"] == P(None, None)
-    assert specs["layers.0.q"] == P(None, "tp", None)  # query heads still split
-    assert sharding.cache_spec(CFG, mesh(1, 8)) == P("dp", None, None, None)
+def test_kv_heads_repeated_when_tp_is_a_multiple_of_them():
+    m = mesh(1, 8)  # K=4 < tp=8: each kv head repeated twice, one per device
+    assert sharding.kv_repeats(CFG, m) == 2 and sharding.mesh_config(CFG, m).num_kv_heads == 8
+    specs = sharding.param_specs(CFG, m)
+    assert specs["layers.0.k"] == specs["layers.0.v"] == specs["layers.0.q"] == P(None, "tp", None)
+    assert specs["layers.0.k_bias"] == P("tp", None)
+    assert sharding.cache_spec(CFG, m) == P("dp", "tp", None, None)
+    assert sharding.mesh_config(CFG, mesh(2, 4)) == CFG and sharding.mesh_config(SMOLLM, mesh(1, 3)) == SMOLLM
+
+
+def test_repeated_kv_heads_compute_the_same_function():
+    import jax.numpy as jnp
+
+    cfg = sharding.mesh_config(CFG, mesh(1, 8))
+    params = random_params(CFG, 0)
+    flat = checkpoint.flatten(params)
+    repeated = {}
+    for name, x in flat.items():
+        letters = sharding.rule_letters(name)
+        read = sharding._repeated_kv(lambda index, x=x: x[index], letters, 2)
+        if "K" in letters:  # a shard read through the index mapping equals the slice of the repeated array
+            axis = letters.index("K")
+            full = np.repeat(x, 2, axis=axis)
+            for lo, hi in ((0, 8), (3, 4), (2, 6), (5, 8)):
+                index = tuple(slice(lo, hi) if a == axis else slice(None) for a in range(x.ndim))
+                np.testing.assert_array_equal(read(index), full[index])
+        repeated[name] = read(tuple(slice(None) for _ in x.shape))
+    tokens = jnp.asarray([[1, 5, 9, 13, 2, 60]])
+    want = model.causal_logits(jax.tree.map(jnp.asarray, params), CFG, tokens)
+    got = model.causal_logits(checkpoint.unflatten({k: jnp.asarray(v) for k, v in repeated.items()},
+                                                   model.param_shapes(cfg)), cfg, tokens)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_param_bytes_split_by_tp():
