@@ -190,7 +190,12 @@ def gguf_tokenizer(path: str | os.PathLike):
         return None
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as e:  # transformers' GGUF reader imports torch
+        raise CheckpointError(
+            f"{path}: building the tokenizer from a GGUF uses transformers' GGUF support, which needs "
+            f"torch ({e}); install torch (its CPU build is enough) or convert on a machine that has it") from e
     template = _value(reader, "tokenizer.chat_template")
     if template is not None and tok.chat_template != template:
         raise CheckpointError(f"{path}: the chat template was lost when building the tokenizer")

