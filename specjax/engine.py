@@ -128,19 +128,14 @@ class Engine:
         self.max_len = max_len
         self._compiled: dict = {}
         self.compile_seconds = 0.0
-        cfg = llm.cfg
         check_drafters(llm, self.ssms)
         if self.ssms:
             if tree is None:
                 raise EngineError("speculative decoding needs a TreeConfig")
             if tree.num_ssms != len(self.ssms):
                 raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
-        if max_len is not None and cfg.position_offset and max_len > cfg.max_position_embeddings:
-            raise EngineError(
-                f"max_len={max_len} exceeds the model's {cfg.max_position_embeddings} learned positions")
-        if cfg.sliding_window is not None and (max_len or 0) > cfg.sliding_window:
-            raise EngineError(f"max_len={max_len} exceeds sliding_window={cfg.sliding_window}, "
-                              "which specjax does not implement")
+        if max_len is not None and self._slot_limit() is not None and max_len > self._slot_limit()[0]:
+            raise EngineError(f"max_len={max_len} exceeds {self._slot_limit()[1]}")
         self.mesh = mesh
         if mesh is not None:  # weights placed once: the LLM split by the partition rules, SSMs replicated
             place = lambda m, split: dict(zip(("params", "cfg"), sharding.shard_model(m.params, m.cfg, mesh, split)))
@@ -148,25 +143,35 @@ class Engine:
             self.ssms = tuple(dataclasses.replace(s, **place(s, sharding.SSM_SPLIT)) for s in self.ssms)
 
     # -- shapes ---------------------------------------------------------------------------
+    def _slot_limit(self) -> tuple[int, str] | None:
+        """The most cache slots every model can serve exactly, and why: learned positions (OPT) do not
+        extrapolate, and a sliding window (Mistral) is not implemented, so sequences must fit in it."""
+        limits = []
+        for name, m in (("the LLM", self.llm), *((f"SSM {i}", s) for i, s in enumerate(self.ssms))):
+            if not m.cfg.uses_rope:
+                limits.append((m.cfg.max_position_embeddings, f"{name}'s {m.cfg.max_position_embeddings} learned positions"))
+            if m.cfg.sliding_window is not None:
+                limits.append((m.cfg.sliding_window, f"{name}'s sliding_window={m.cfg.sliding_window} "
+                                                      "(not implemented, so sequences must fit in it)"))
+        return min(limits, default=None)
+
     def _num_slots(self, longest_prompt: int, max_new_tokens: int, room: int) -> int:
         need = longest_prompt - 1 + room  # the first step must fit after the prompt
+        limit = self._slot_limit()
         if self.max_len is not None:
+            if limit is not None and self.max_len > limit[0]:
+                raise EngineError(f"max_len={self.max_len} exceeds {limit[1]}")
             if need > self.max_len:
                 raise EngineError(
                     f"prompt of {longest_prompt} tokens does not fit the cache of {self.max_len} slots "
                     f"(one step needs {room} slots after the prompt): raise max_len or shorten the prompt")
             return self.max_len
         slots = round_up(prompt_bucket(longest_prompt) + max_new_tokens + room, 64)
-        cfg = self.llm.cfg
-        limit = cfg.max_position_embeddings
-        if cfg.position_offset and slots > limit:  # learned positions: no extrapolation
-            slots = limit
+        if limit is not None and slots > limit[0]:
+            slots = limit[0]  # generation stops with finish_reason "length" at the limit
             if need > slots:
-                raise EngineError(f"prompt of {longest_prompt} tokens does not fit the model's "
-                                  f"{limit} positions")
-        if cfg.sliding_window is not None and slots > cfg.sliding_window:
-            raise EngineError(f"sequences of {slots} slots exceed sliding_window={cfg.sliding_window}, "
-                              "which specjax does not implement")
+                raise EngineError(f"prompt of {longest_prompt} tokens does not fit {limit[1]} "
+                                  f"(one step needs {room} slots after the prompt)")
         return slots
 
     def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,

@@ -146,3 +146,20 @@ def test_bad_input(llm):
         Engine(llm).generate_incremental([[1, 64]], 4)
     with pytest.raises(EngineError, match="prompt of 30 tokens does not fit the cache of 16 slots"):
         Engine(llm, max_len=16).generate_incremental([[1] * 30], 4)
+
+
+def test_learned_positions_and_sliding_window_bound_the_cache(llm):
+    """An OPT drafter with 40 learned positions caps the sequence (stop with "length"), and a prompt
+    that cannot fit them is an error; so is a max_len over a Mistral-style sliding window."""
+    opt = ModelConfig(family="opt", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
+                      num_heads=2, num_kv_heads=2, head_dim=8, max_position_embeddings=40,
+                      activation="relu", position_offset=2, rope=None)
+    ssm = LoadedModel(model.init_params(opt, jax.random.PRNGKey(2)), opt)
+    engine = Engine(llm, ssms=[ssm], tree=TreeConfig(expansion=(1, 1), num_ssms=1))
+    out = engine.generate_spec([[1, 2, 3]], 100)
+    assert out[0].finish_reason == "length" and 3 + len(out[0].token_ids) <= 40
+    with pytest.raises(EngineError, match="SSM 0's 40 learned positions"):
+        engine.generate_spec([[1] * 45], 4)
+    windowed = ModelConfig(**{**CFG.__dict__, "sliding_window": 32})
+    with pytest.raises(EngineError, match="sliding_window=32"):
+        Engine(LoadedModel(llm.params, windowed), max_len=64)
