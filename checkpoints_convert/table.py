@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from specjax.checkpoint import CheckpointError
+from specjax.checkpoint import CheckpointError, check_tensors
 
 Array = np.ndarray
 
@@ -84,24 +84,10 @@ def import_tensors(table: list[Entry], shapes: dict[str, tuple[int, ...]], sourc
     Raises CheckpointError naming every missing, unexpected or wrongly shaped tensor of `source`.
     """
     check_table(table, shapes, source)
-    by_name, ignorable = {e.name: e for e in table}, set(ignorable)
-    missing = sorted(n for n in by_name if n not in source_shapes)
-    extra = sorted(n for n in source_shapes if n not in by_name and n not in ignorable)
-    wrong = []
-    for e in table:
-        if e.name in source_shapes:
-            want = e.source_shape(shapes[e.path])
-            if tuple(source_shapes[e.name]) != want:
-                wrong.append(f"{e.name}: expected {want}, found {tuple(source_shapes[e.name])}")
-    problems = []
-    if missing:
-        problems.append(f"missing tensor(s): {', '.join(missing)}")
-    if extra:
-        problems.append(f"unexpected tensor(s): {', '.join(extra)}")
-    if wrong:
-        problems.append(f"shape mismatch: {'; '.join(wrong)}")
-    if problems:
-        raise CheckpointError(f"{source}: " + "; ".join(problems))
+    expected = {e.name: e.source_shape(shapes[e.path]) for e in table}
+    ignorable = set(ignorable)
+    check_tensors({n: tuple(v) for n, v in source_shapes.items() if n in expected or n not in ignorable},
+                  expected, source)
 
     out = {}
     for e in tqdm(table, desc=f"converting {len(table)} tensors", unit="tensor",
