@@ -163,3 +163,14 @@ def test_learned_positions_and_sliding_window_bound_the_cache(llm):
     windowed = ModelConfig(**{**CFG.__dict__, "sliding_window": 32})
     with pytest.raises(EngineError, match="sliding_window=32"):
         Engine(LoadedModel(llm.params, windowed), max_len=64)
+
+
+def test_no_recompile_within_a_length_bucket(llm):
+    ssm = LoadedModel(perturbed(llm.params, 0.05, seed=5), CFG)
+    engine = Engine(llm, ssms=[ssm], tree=TreeConfig(expansion=(1, 2), num_ssms=1))
+    engine.generate_spec([[1, 2, 3], [4] * 9], 8)
+    compiled = dict(engine._compiled)
+    engine.generate_spec([[5] * 16, [6] * 2], 8, seed=3)  # other lengths, same bucket (16)
+    assert engine._compiled.keys() == compiled.keys()
+    engine.generate_spec([[5] * 17, [6] * 2], 8)  # the next bucket (32) compiles once more
+    assert len(engine._compiled) > len(compiled)
