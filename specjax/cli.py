@@ -110,10 +110,78 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _add_boost(sub):
+    p = sub.add_parser("boost", help="boost-tune an ensemble of SSMs on the LLM's own continuations")
+    p.add_argument("--llm", default=None, help="the LLM (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--prompts", nargs="+", required=True, metavar="FILE",
+                   help='prompt files: .jsonl with a "prompt", "question" or "instruction" field, or .txt, one per line')
+    p.add_argument("--num-ssms", type=int, default=1, help="SSMs in the ensemble (boosting rounds)")
+    p.add_argument("--ssm-config", default="tiny", help="preset (micro, tiny, small) or a JSON file of "
+                                                       "ModelConfig fields overriding 'tiny'")
+    p.add_argument("--out", required=True, help="output directory: OUT/ssm_0, OUT/ssm_1, ... and logs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same config)")
+    p.add_argument("--init", choices=["llm", "random"], default="llm",
+                   help="SSM embedding from the LLM's (projected to the SSM's width) or random")
+    p.add_argument("--boost-mode", choices=["drop", "positions"], default="drop",
+                   help="drop the samples the ensemble covers, or zero the covered positions' weights")
+    g = p.add_argument_group("data")
+    g.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts")
+    g.add_argument("--max-prompt-tokens", type=int, default=96, help="keep a prompt's last N tokens")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="LLM tokens generated per prompt")
+    g.add_argument("--data-modes", default="greedy", help="comma list of greedy, sample")
+    g.add_argument("--temperature", type=float, default=0.8, help="for --data-modes sample")
+    g.add_argument("--gen-batch-size", type=int, default=8, help="prompts per LLM generation batch")
+    g.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=1000, help="optimiser steps per SSM")
+    g.add_argument("--batch-size", type=int, default=16, help="samples per step")
+    g.add_argument("--lr", type=float, default=3e-3)
+    g.add_argument("--warmup", type=int, default=50, help="linear warmup steps (then cosine decay)")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--freeze-embed", action="store_true", help="do not train the (tied) embedding")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint-every", type=int, default=200)
+    g.add_argument("--log-every", type=int, default=25)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-prompts", type=int, default=8, help="last N prompts held out for evaluation")
+    g.add_argument("--eval-tree", default="1,1,3,1,1,1,1,1", help="expansion config for the MAT measurement")
+    g.add_argument("--eval-max-new-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_boost)
+
+
+def cmd_boost(args) -> int:
+    from specjax.boost.data import DataConfig
+    from specjax.boost.run import RunConfig, boost, resolve_ssm_config
+    from specjax.boost.train import TrainConfig
+
+    modes = tuple(m.strip() for m in args.data_modes.split(",") if m.strip())
+    if not modes or any(m not in ("greedy", "sample") for m in modes):
+        raise SystemExit(f"error: --data-modes {args.data_modes!r}: a comma list of greedy, sample")
+    if args.num_ssms < 1 or args.steps < 1:
+        raise SystemExit("error: --num-ssms and --steps must be >= 1")
+    run = RunConfig(
+        llm=str(Path(args.llm).resolve()) if args.llm else None,
+        prompts=tuple(str(Path(p).resolve()) for p in args.prompts), num_ssms=args.num_ssms,
+        ssm_config=resolve_ssm_config(args.ssm_config),
+        data=DataConfig(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.gen_batch_size, modes=modes, temperature=args.temperature,
+                        chat=not args.no_chat, seed=args.seed),
+        train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                          weight_decay=args.weight_decay, freeze_embed=args.freeze_embed, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every, log_every=args.log_every),
+        init=args.init, boost_mode=args.boost_mode, max_prompts=args.max_prompts,
+        eval_prompts=args.eval_prompts, tree=tuple(int(k) for k in args.eval_tree.split(",")),
+        eval_max_new_tokens=args.eval_max_new_tokens)
+    ssm_source = None if args.ssm_config == run.ssm_config else args.ssm_config
+    boost(run, args.out, resume=args.resume, ssm_source=ssm_source)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="specjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_boost(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
