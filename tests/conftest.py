@@ -222,3 +222,12 @@ def rewrite_json(path: Path, **changes) -> None:
         else:
             d[k] = v
     path.write_text(json.dumps(d))
+
+
+def perturbed(params, scale: float, seed: int):
+    """A drafter that agrees with the LLM often but not always: the LLM's weights plus noise."""
+    import jax
+
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return treedef.unflatten([x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import perturbed
 
 from specjax import model
 from specjax.config import ModelConfig
@@ -17,13 +18,6 @@ CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, intermediate_si
 SSM_CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
                       num_heads=2, num_kv_heads=1, head_dim=8, max_position_embeddings=512)
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 12]
-
-
-def perturbed(params, scale, seed):
-    """A drafter that agrees with the LLM often but not always: the LLM's weights plus noise."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return treedef.unflatten([x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 @pytest.fixture(scope="module")

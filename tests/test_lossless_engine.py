@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import perturbed
 from scipy import stats
 
 from specjax import model, sampling
@@ -23,12 +24,6 @@ CFG = ModelConfig(family="llama", vocab_size=V, hidden_size=16, intermediate_siz
                   num_heads=2, num_kv_heads=1, head_dim=8, max_position_embeddings=128)
 PROMPT = [1, 4, 2]
 ROWS = 20_000
-
-
-def _perturbed(params, scale, seed):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return treedef.unflatten([x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +63,7 @@ CASES = [  # (temperature, top_p, sampled children, number of SSMs, expansion)
 @pytest.mark.parametrize("temperature,top_p,sampled,num_ssms,expansion", CASES)
 def test_speculative_sampling_matches_llm_distribution(llm, temperature, top_p, sampled, num_ssms, expansion):
     s = SamplingConfig(temperature=temperature, top_p=top_p)
-    ssms = [LoadedModel(_perturbed(llm.params, 0.4, seed=10 + i), CFG) for i in range(num_ssms)]
+    ssms = [LoadedModel(perturbed(llm.params, 0.4, seed=10 + i), CFG) for i in range(num_ssms)]
     engine = Engine(llm, ssms=ssms, tree=TreeConfig(expansion=expansion, num_ssms=num_ssms))
     out = engine.generate_spec([PROMPT] * ROWS, 2, s, seed=7, sampled_children=sampled)
     counts = np.zeros((V, V))
@@ -84,7 +79,7 @@ def test_the_engine_test_can_fail(llm):
     """Sampling from the SSM alone (what a wrong rule that accepts every drafted token would output)
     is detected by the same statistic."""
     s = SamplingConfig(temperature=1.0)
-    ssm = LoadedModel(_perturbed(llm.params, 0.6, seed=10), CFG)
+    ssm = LoadedModel(perturbed(llm.params, 0.6, seed=10), CFG)
     out = Engine(ssm).generate_incremental([PROMPT] * ROWS, 2, s, seed=7)
     counts = np.zeros((V, V))
     for r in out:
