@@ -216,14 +216,19 @@ def lm_head(params: Params, cfg: ModelConfig, hidden):
     return logits.astype(jnp.float32)
 
 
-def causal_logits(params: Params, cfg: ModelConfig, tokens):
-    """Full causal forward of tokens [B, T] from an empty cache -> logits [B, T, V]. For tests/eval."""
+def causal_hidden(params: Params, cfg: ModelConfig, tokens):
+    """Full causal forward of tokens [B, T] from an empty cache -> final hidden states [B, T, D]."""
     B, T = tokens.shape
     cache = init_cache(cfg, B, T, params["embed"].dtype)
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T))
     hidden, _ = forward(params, cfg, tokens, positions, cache, positions, mask)
-    return lm_head(params, cfg, hidden)
+    return hidden
+
+
+def causal_logits(params: Params, cfg: ModelConfig, tokens):
+    """Full causal forward of tokens [B, T] from an empty cache -> logits [B, T, V]. For tests/eval."""
+    return lm_head(params, cfg, causal_hidden(params, cfg, tokens))
 
 
 # ----------------------------------------------------------------------------- init

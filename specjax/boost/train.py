@@ -71,11 +71,25 @@ def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def loss_and_metrics(params, cfg: ModelConfig, tokens, weights):
+def loss_and_metrics(params, cfg: ModelConfig, tokens, weights, starts=None, window: int | None = None):
     """tokens int [B, T], weights float [B, T] -> (loss [], {"loss", "agree"}): agree is the weighted
-    fraction of positions where the SSM's argmax equals the LLM's token."""
-    logits = model.causal_logits(params, cfg, tokens[:, :-1])  # [B, T-1, V]
+    fraction of positions where the SSM's argmax equals the LLM's token.
+
+    The LM head (V x D multiply-adds per position, most of a small SSM's cost) runs only where a loss can
+    be: starts int [B] and the static `window` select the prediction positions starts[b] + [0, window)
+    (their weights are weights[b, starts[b] + 1 + j]); the caller makes sure every nonzero weight of a row
+    falls inside its window (`loss_windows`). Without starts: every position, window T - 1."""
+    B, T = tokens.shape
+    hidden = model.causal_hidden(params, cfg, tokens[:, :-1])  # [B, T-1, D]
     targets, w = tokens[:, 1:], weights[:, 1:].astype(jnp.float32)
+    if starts is not None:
+        idx = starts[:, None] + jnp.arange(window)[None, :]  # [B, W]
+        valid = idx <= T - 2
+        idx = jnp.minimum(idx, T - 2)
+        hidden = jnp.take_along_axis(hidden, idx[..., None], axis=1)  # [B, W, D]
+        targets = jnp.take_along_axis(targets, idx, axis=1)
+        w = jnp.take_along_axis(w, idx, axis=1) * valid
+    logits = model.lm_head(params, cfg, hidden)  # [B, W, V]
     logz = jax.nn.logsumexp(logits, axis=-1)
     ce = logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     total = jnp.maximum(w.sum(), 1e-6)
@@ -84,15 +98,28 @@ def loss_and_metrics(params, cfg: ModelConfig, tokens, weights):
     return loss, {"loss": loss, "agree": agree}
 
 
+def loss_windows(weights: np.ndarray) -> tuple[np.ndarray, int]:
+    """weights [N, T] -> (starts int32 [N], window): row n's nonzero weights weights[n, 1:] lie in
+    prediction positions starts[n] + [0, window), window the widest such span over all rows (>= 1)."""
+    nz = weights[:, 1:] > 0  # [N, T-1]: prediction position t has target weight weights[:, t+1]
+    any_nz = nz.any(1)
+    first = np.where(any_nz, nz.argmax(1), 0)
+    last = np.where(any_nz, nz.shape[1] - 1 - nz[:, ::-1].argmax(1), 0)
+    window = int(max((last - first + 1)[any_nz].max(initial=1), 1))
+    return first.astype(np.int32), window
+
+
 @functools.lru_cache(maxsize=None)
-def make_train_step(cfg: ModelConfig, tcfg: TrainConfig) -> Callable:
-    """-> step(state, tokens [B, T], weights [B, T]) -> (state, metrics), jitted, state donated."""
+def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, window: int | None = None) -> Callable:
+    """-> step(state, tokens [B, T], weights [B, T], starts [B]) -> (state, metrics), jitted, state
+    donated; the loss covers prediction positions starts + [0, window) (all of them if window is None)."""
     tx = make_optimizer(tcfg)
     lr_at = schedule(tcfg)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def step(state: TrainState, tokens, weights):
-        grads, metrics = jax.grad(loss_and_metrics, has_aux=True)(state.params, cfg, tokens, weights)
+    def step(state: TrainState, tokens, weights, starts):
+        grads, metrics = jax.grad(loss_and_metrics, has_aux=True)(
+            state.params, cfg, tokens, weights, None if window is None else starts, window)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, lr=lr_at(state.step), grad_norm=jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))))
@@ -176,14 +203,16 @@ def train(params, cfg: ModelConfig, tokens: np.ndarray, weights: np.ndarray, tcf
     state = init_state(params, tcfg)
     if resume and state_dir is not None and has_state(state_dir):
         state = load_state(state_dir, state, tcfg)
-    step_fn = make_train_step(cfg, tcfg)
+    starts, window = loss_windows(weights)
+    step_fn = make_train_step(cfg, tcfg, window if window < tokens.shape[1] - 1 else None)
     history: list[dict] = []
     start = int(state.step)
     end = tcfg.steps if stop_at is None else min(stop_at, tcfg.steps)
     bar = tqdm(range(start, end), desc="train", unit="step", disable=not progress)
     for s in bar:
         idx = rows[batch_rows(len(rows), s, tcfg.batch_size, tcfg.seed)]
-        state, metrics = step_fn(state, jnp.asarray(tokens[idx]), jnp.asarray(weights[idx], jnp.float32))
+        state, metrics = step_fn(state, jnp.asarray(tokens[idx]), jnp.asarray(weights[idx], jnp.float32),
+                                 jnp.asarray(starts[idx]))
         if (s + 1) % tcfg.log_every == 0 or s + 1 == end or s == start:
             m = {k: float(v) for k, v in metrics.items()}
             m["step"] = s + 1
