@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -116,14 +117,17 @@ def _add_boost(sub):
     p.add_argument("--prompts", nargs="+", required=True, metavar="FILE",
                    help='prompt files: .jsonl with a "prompt", "question" or "instruction" field, or .txt, one per line')
     p.add_argument("--num-ssms", type=int, default=1, help="SSMs in the ensemble (boosting rounds)")
-    p.add_argument("--ssm-config", default="tiny", help="preset (micro, tiny, small) or a JSON file of "
+    p.add_argument("--ssm-config", default="tiny", help="preset (micro, tiny, base, small) or a JSON file of "
                                                        "ModelConfig fields overriding 'tiny'")
     p.add_argument("--out", required=True, help="output directory: OUT/ssm_0, OUT/ssm_1, ... and logs")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same config)")
     p.add_argument("--init", choices=["llm", "random"], default="llm",
                    help="SSM embedding from the LLM's (projected to the SSM's width) or random")
-    p.add_argument("--boost-mode", choices=["drop", "positions"], default="drop",
-                   help="drop the samples the ensemble covers, or zero the covered positions' weights")
+    p.add_argument("--boost-mode", choices=["drop", "positions", "reweight"], default="drop",
+                   help="drop the samples the ensemble covers (the paper's), zero the covered positions' "
+                        "weights, or scale them by --covered-weight")
+    p.add_argument("--covered-weight", type=float, default=0.25,
+                   help="--boost-mode reweight: loss weight of the tokens the ensemble already predicts")
     g = p.add_argument_group("data")
     g.add_argument("--max-prompts", type=int, default=None, help="use the first N prompts")
     g.add_argument("--max-prompt-tokens", type=int, default=96, help="keep a prompt's last N tokens")
@@ -132,6 +136,8 @@ def _add_boost(sub):
     g.add_argument("--temperature", type=float, default=0.8, help="for --data-modes sample")
     g.add_argument("--gen-batch-size", type=int, default=8, help="prompts per LLM generation batch")
     g.add_argument("--no-chat", action="store_true", help="do not wrap prompts in the chat template")
+    g.add_argument("--data-from", default=None, metavar="DIR",
+                   help="reuse another run's data directory (RUN/data: same LLM, data config and prompts)")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=1000, help="optimiser steps per SSM")
     g.add_argument("--batch-size", type=int, default=16, help="samples per step")
@@ -169,11 +175,75 @@ def cmd_boost(args) -> int:
         train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                           weight_decay=args.weight_decay, freeze_embed=args.freeze_embed, seed=args.seed,
                           checkpoint_every=args.checkpoint_every, log_every=args.log_every),
-        init=args.init, boost_mode=args.boost_mode, max_prompts=args.max_prompts,
+        init=args.init, boost_mode=args.boost_mode, covered_weight=args.covered_weight, max_prompts=args.max_prompts,
         eval_prompts=args.eval_prompts, tree=tuple(int(k) for k in args.eval_tree.split(",")),
         eval_max_new_tokens=args.eval_max_new_tokens)
     ssm_source = None if args.ssm_config == run.ssm_config else args.ssm_config
-    boost(run, args.out, resume=args.resume, ssm_source=ssm_source)
+    boost(run, args.out, resume=args.resume, ssm_source=ssm_source, data_dir=args.data_from)
+    return 0
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="Spec-Bench: speculative vs incremental decoding vs transformers")
+    p.add_argument("--llm", help="the LLM (default: the embedded SmolLM2-135M-Instruct and its drafters)")
+    p.add_argument("--ssm", action="append", default=[], metavar="DIR", help="an SSM (repeat for an ensemble)")
+    p.add_argument("--tree", default=None, help="expansion config k1,...,km (default: the generator's)")
+    p.add_argument("--questions", default=None,
+                   help="Spec-Bench question file (jsonl: question_id, category, turns); default: "
+                        "../shared/data/eval/spec_bench_questions.jsonl when it exists")
+    p.add_argument("--per-category", type=int, default=None, help="first N questions of each category")
+    p.add_argument("--categories", default="", help="comma list of categories (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.7, help="the stochastic comparison (0: skip it)")
+    p.add_argument("--batch-sizes", default="1,4,8", help="batch mode sizes ('' to skip)")
+    p.add_argument("--batch-prompts", type=int, default=8, help="prompts per batch-mode measurement")
+    p.add_argument("--chain-ssm", type=int, default=0, help="the SSM for the chain and as HF assistant")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers baselines (no torch needed)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 question per category, 3 categories, 16 new tokens, B=1,2")
+    p.add_argument("--out", default="bench_out", help="output directory (specbench.json, .md, .png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from specjax import api
+    from specjax.bench.run import BenchConfig, BenchError, bench, load_questions
+
+    questions = args.questions
+    if questions is None:
+        dev = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "eval" / "spec_bench_questions.jsonl"
+        if not dev.is_file():
+            raise SystemExit("error: give --questions FILE (a Spec-Bench question.jsonl)")
+        questions = str(dev)
+    try:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise SystemExit(f"error: --batch-sizes {args.batch_sizes!r}: a comma list of integers")
+    if any(b < 1 for b in sizes) or args.max_new_tokens < 1 or (args.per_category is not None and args.per_category < 1):
+        raise SystemExit("error: --batch-sizes, --max-new-tokens and --per-category must be >= 1")
+    cats = tuple(c.strip() for c in args.categories.split(",") if c.strip())
+    cfg = BenchConfig(questions=questions, per_category=args.per_category, categories=cats,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, hf=not args.no_hf,
+                      batch_sizes=sizes, batch_prompts=args.batch_prompts, chain_ssm=args.chain_ssm,
+                      seed=args.seed)
+    if args.quick:
+        cfg = dataclasses.replace(cfg, per_category=1, max_new_tokens=min(cfg.max_new_tokens, 16),
+                                  batch_sizes=(1, 2), batch_prompts=2)
+    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, mode="spec" if args.ssm else None)
+    if not gen.ssms:
+        raise BenchError("no SSMs: give --ssm DIR (the embedded LLM's drafters are not installed)")
+    if args.quick and not cats:  # the file's first three categories
+        names = list(dict.fromkeys(q["category"] for q in load_questions(cfg.questions)))
+        cfg = dataclasses.replace(cfg, categories=tuple(names[:3]))
+    ssm_paths = list(args.ssm)
+    if not ssm_paths and args.llm is None:
+        from specjax import default_model
+
+        ssm_paths = [str(p) for p in default_model.default_ssm_dirs()]
+    print(f"bench: {gen.describe()}", file=sys.stderr)
+    bench(gen.llm, gen.ssms, gen.tree, cfg, args.out, llm_path=args.llm, ssm_paths=ssm_paths)
+    print(f"wrote {Path(args.out) / 'specbench.json'}, specbench.md, specbench.png", file=sys.stderr)
     return 0
 
 
@@ -182,6 +252,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_boost(sub)
+    _add_bench(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

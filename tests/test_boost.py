@@ -15,7 +15,7 @@ from specjax.boost.data import DataConfig, generate_dataset, load_dataset, make_
 from specjax.boost.prompts import read_prompt_file
 from specjax.boost.run import RunConfig, check_out_dir
 from specjax.boost.ssm import init_ssm_params, project_embedding, ssm_config
-from specjax.boost.train import TrainConfig, train
+from specjax.boost.train import TrainConfig, loss_and_metrics, loss_windows, train
 from specjax.cli import main
 from specjax.config import ModelConfig
 from specjax.engine import LoadedModel
@@ -73,6 +73,29 @@ def test_training_lowers_loss_and_raises_agreement(llm, dataset):
     assert hist[-1]["agree"] > hist[0]["agree"] + 0.2, hist
 
 
+def test_windowed_loss_equals_full_loss(llm, dataset):
+    """The LM head runs only over each row's loss window, and gives the full loss and agreement."""
+    ds, _ = dataset
+    cfg = ssm_config("micro", LLM_CFG)
+    params = init_ssm_params(cfg, jax.random.PRNGKey(1), llm.params, "llm")
+    w = ds.mask.astype(np.float32)
+    w[3, :] = 0  # a row with no loss at all
+    w[4, 12] = 0  # a hole inside a window (boosting's "positions" mode)
+    starts, window = loss_windows(w)
+    assert window == 16 and starts[0] == len(dataset[1][0]) - 1
+    full = loss_and_metrics(params, cfg, ds.tokens, w)[1]
+    win = loss_and_metrics(params, cfg, ds.tokens, w, starts, window)[1]
+    for k in ("loss", "agree"):
+        np.testing.assert_allclose(float(win[k]), float(full[k]), rtol=1e-5)
+    # a window that runs past the end of the sequence counts nothing twice
+    w2 = np.zeros_like(w)
+    w2[:, -3:] = 1
+    s2, _ = loss_windows(w2)
+    win2 = loss_and_metrics(params, cfg, ds.tokens, w2, s2, 8)[1]
+    np.testing.assert_allclose(float(win2["loss"]), float(loss_and_metrics(params, cfg, ds.tokens, w2)[1]["loss"]),
+                               rtol=1e-5)
+
+
 def test_boost_weights_drop_and_positions_exact():
     mask = np.array([[0, 1, 1, 1], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 0, 0]], np.uint8)
     hit_a = np.array([[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]], bool)
@@ -81,13 +104,18 @@ def test_boost_weights_drop_and_positions_exact():
     # sample 1 is covered by A; sample 0 misses position 3; sample 3 has nothing to learn (covered)
     assert w.tolist() == [[0, 1, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
     assert stats == {"samples": 4, "samples_covered": 2, "samples_kept": 2, "positions": 7,
-                     "positions_covered": 4, "positions_kept": 5}
+                     "positions_covered": 4, "positions_kept": 5, "weight": 5.0}
     w, stats = boost_weights(mask, [hit_a, hit_b], "drop")  # A or B covers 0, 1; 2 misses position 3
     assert w.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
     assert stats["samples_kept"] == 1 and stats["positions_kept"] == 2
     w, stats = boost_weights(mask, [hit_a], "positions")
     assert w.tolist() == [[0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
     assert stats["positions_kept"] == 3 and stats["samples_kept"] == 2
+    w, stats = boost_weights(mask, [hit_a], "reweight", covered_weight=0.25)
+    assert w.tolist() == [[0, .25, .25, 1], [0, .25, .25, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
+    assert stats["positions_kept"] == 7 and stats["weight"] == 4.0 and stats["samples_kept"] == 3
+    with pytest.raises(ValueError, match="covered_weight"):
+        boost_weights(mask, [hit_a], "reweight", covered_weight=2.0)
     # hits: the prediction after tokens[:t] against tokens[t]
     assert hits(np.array([[5, 6, 7]]), np.array([[6, 0, 9]])).tolist() == [[False, True, False]]
 
@@ -208,3 +236,16 @@ def test_cli_boost_end_to_end(converted, tmp_path, capsys):
     assert code == 0 and "ssm_1: done, loaded" in err, err
     code, _, err = run_cli(capsys, *args[:-2], "--log-every", 2, "--resume")
     assert code == 2 and "holds another boost run (different train)" in err
+    # another SSM config on the same data: the data directory is reused, not regenerated
+    stamp = (out / "data" / "part-00000.npz").stat().st_mtime_ns
+    other = [a if a != "micro" else "tiny" for a in args]
+    other[other.index(out)] = tmp_path / "boost_tiny"
+    code, _, err = run_cli(capsys, *other, "--num-ssms", 1, "--boost-mode", "reweight", "--init", "random",
+                           "--data-from", out / "data")
+    assert code == 0, err
+    assert "round 0: keeps 10/10 samples" in err and (tmp_path / "boost_tiny" / "ssm_0").is_dir()
+    assert not (tmp_path / "boost_tiny" / "data").exists()
+    assert (out / "data" / "part-00000.npz").stat().st_mtime_ns == stamp
+    other[other.index(tmp_path / "boost_tiny")] = tmp_path / "boost_x"
+    code, _, err = run_cli(capsys, *other, "--max-new-tokens", 4, "--data-from", out / "data")
+    assert code == 2 and "made with another data" in err

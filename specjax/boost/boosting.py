@@ -8,7 +8,12 @@ The next SSM trains on the weights
   * mode "drop" (the paper's adaptive boosting, the default): w[n] = mask[n] for uncovered samples, 0 for
     covered ones (covered samples are dropped);
   * mode "positions": w[n, t] = mask[n, t] * (1 - covered[n, t]) (keep every sample, zero the weight of
-    the tokens some SSM already gets right).
+    the tokens some SSM already gets right);
+  * mode "reweight" (AdaBoost-like): w[n, t] = mask[n, t] * (covered_weight if covered[n, t] else 1):
+    the next SSM concentrates on the tokens the ensemble misses but keeps learning the easy ones, which
+    it needs to continue its own chains past them. With long continuations almost no sample is covered
+    at *every* position, so "drop" then keeps nearly all of them and the next SSM learns what the first
+    already knows; "reweight" is the default ensemble's choice (scripts/train_default_ssms.py).
 An SSM whose argmax matches the LLM at a position would have its token accepted there at greedy
 decoding; a tree holding every SSM's argmax accepts the whole sample when it is covered.
 """
@@ -25,7 +30,7 @@ import numpy as np
 from specjax import model
 from specjax.config import ModelConfig
 
-MODES = ("drop", "positions")
+MODES = ("drop", "positions", "reweight")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "k"))
@@ -48,11 +53,14 @@ def hits(tokens: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     return out
 
 
-def boost_weights(mask: np.ndarray, ssm_hits: Sequence[np.ndarray], mode: str = "drop"
-                  ) -> tuple[np.ndarray, dict]:
-    """mask [N, T], ssm_hits: one bool [N, T] per trained SSM -> (weights float32 [N, T], stats)."""
+def boost_weights(mask: np.ndarray, ssm_hits: Sequence[np.ndarray], mode: str = "drop",
+                  covered_weight: float = 0.25) -> tuple[np.ndarray, dict]:
+    """mask [N, T], ssm_hits: one bool [N, T] per trained SSM -> (weights float32 [N, T], stats).
+    covered_weight: the weight of a covered position in mode "reweight"."""
     if mode not in MODES:
         raise ValueError(f"unknown boost mode {mode!r} (expected one of {', '.join(MODES)})")
+    if not 0.0 <= covered_weight <= 1.0:
+        raise ValueError(f"covered_weight={covered_weight} must be in [0, 1]")
     m = mask.astype(bool)
     covered = np.zeros(m.shape, bool)
     for h in ssm_hits:
@@ -60,10 +68,13 @@ def boost_weights(mask: np.ndarray, ssm_hits: Sequence[np.ndarray], mode: str = 
     covered &= m
     sample_covered = (covered == m).all(1)
     if mode == "drop":
-        w = m & ~sample_covered[:, None]
+        w = (m & ~sample_covered[:, None]).astype(np.float32)
+    elif mode == "positions":
+        w = (m & ~covered).astype(np.float32)
     else:
-        w = m & ~covered
+        w = np.where(covered, np.float32(covered_weight), m.astype(np.float32))
     stats = {"samples": int(len(m)), "samples_covered": int(sample_covered.sum()),
              "samples_kept": int((w.sum(1) > 0).sum()), "positions": int(m.sum()),
-             "positions_covered": int(covered.sum()), "positions_kept": int(w.sum())}
+             "positions_covered": int(covered.sum()), "positions_kept": int((w > 0).sum()),
+             "weight": float(w.sum())}
     return w.astype(np.float32), stats

@@ -43,6 +43,7 @@ class RunConfig:
     train: TrainConfig
     init: str = "llm"
     boost_mode: str = "drop"
+    covered_weight: float = 0.25  # boost_mode "reweight": weight of the positions the ensemble covers
     max_prompts: int | None = None
     eval_prompts: int = 8
     tree: tuple[int, ...] = (1, 1, 3, 1, 1, 1, 1, 1)
@@ -71,9 +72,10 @@ def check_out_dir(out: Path, run: RunConfig, resume: bool) -> None:
 
 
 def boost(run: RunConfig, out: str | Path, resume: bool = False, log=None, progress: bool = True,
-          ssm_source: str | None = None) -> dict:
+          ssm_source: str | None = None, data_dir: str | Path | None = None) -> dict:
     """Runs (or resumes) the whole pipeline; returns the evaluation dict. ssm_source: the file
-    run.ssm_config's JSON text came from (for error messages)."""
+    run.ssm_config's JSON text came from (for error messages). data_dir: where the data chunks live
+    (default OUT/data); another run's, made from the same prompts and data config, is reused as is."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
     check_out_dir(out, run, resume)
@@ -86,12 +88,14 @@ def boost(run: RunConfig, out: str | Path, resume: bool = False, log=None, progr
     ids = [llm.tokenizer.encode(t, chat=chat) for t in texts]
     if run.eval_prompts >= len(ids):
         raise BoostError(f"--eval-prompts {run.eval_prompts} leaves no training prompt of {len(ids)}")
+    if data_dir is not None:
+        check_shared_data(Path(data_dir), run)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_FILE).write_text(json.dumps(run.to_dict(), indent=2) + "\n")
     log(f"boost: {len(ids)} prompts, SSM {cfg.num_layers} layers d={cfg.hidden_size} V={cfg.vocab_size}, "
         f"{run.num_ssms} SSM(s)")
 
-    ds = generate_dataset(llm, ids, out / "data", run.data, progress=progress)
+    ds = generate_dataset(llm, ids, Path(data_dir) if data_dir else out / "data", run.data, progress=progress)
     save_npz(ds, out / "boost_data.npz")
     held = ds.prompt_index >= len(ids) - run.eval_prompts
     tr, ev = ds.select(~held), ds.select(held)
@@ -101,9 +105,9 @@ def boost(run: RunConfig, out: str | Path, resume: bool = False, log=None, progr
     ssm_hits: list[np.ndarray] = []
     logf = open(out / "boost_log.jsonl", "a")
     for i in range(run.num_ssms):
-        weights, stats = boost_weights(tr.mask, ssm_hits, run.boost_mode)
+        weights, stats = boost_weights(tr.mask, ssm_hits, run.boost_mode, run.covered_weight)
         log(f"round {i}: keeps {stats['samples_kept']}/{stats['samples']} samples, "
-            f"{stats['positions_kept']}/{stats['positions']} positions ({run.boost_mode})")
+            f"{stats['positions_kept']}/{stats['positions']} positions, weight {stats['weight']:.0f} ({run.boost_mode})")
         dst = out / f"ssm_{i}"
         tcfg = dataclasses.replace(run.train, seed=run.train.seed + i)
         history: list[dict] = []
@@ -138,6 +142,21 @@ def boost(run: RunConfig, out: str | Path, resume: bool = False, log=None, progr
     log(f"eval ensemble top1={result['agreement']['ensemble_top1']:.3f}; MAT by #SSMs: "
         + " ".join(f"{r['num_ssms']}:{r['mat']:.2f}" for r in result["mat"]))
     return result
+
+
+def check_shared_data(data_dir: Path, run: RunConfig) -> None:
+    """Another run's data directory (RUN/data) is reused only if that run made it with the same LLM and
+    data config from prompts of which this run's are a prefix (chunk i holds the same prompts then)."""
+    other = data_dir.parent / RUN_FILE
+    if not other.is_file():
+        raise BoostError(f"{data_dir}: not the data directory of a boost run ({other} not found)")
+    theirs, ours = json.loads(other.read_text()), run.to_dict()
+    diff = [k for k in ("llm", "data") if theirs.get(k) != ours.get(k)]
+    if diff:
+        raise BoostError(f"{data_dir} was made with another {', '.join(diff)}: it cannot be reused by this run")
+    mine = read_prompts(run.prompts, run.max_prompts)
+    if read_prompts(tuple(theirs["prompts"]), theirs.get("max_prompts"))[: len(mine)] != mine:
+        raise BoostError(f"{data_dir} was made from other prompts: it cannot be reused by this run")
 
 
 def resolve_ssm_config(spec: str) -> str:

@@ -30,6 +30,7 @@ from specjax.config import ConfigError, ModelConfig
 PRESETS = {
     "micro": (32, 1, 2, 1, 16, 64),  # tests
     "tiny": (128, 2, 4, 2, 32, 384),
+    "base": (96, 4, 3, 1, 32, 288),  # the default ensemble's drafters: 5.2M params, 10 MB in bf16
     "small": (256, 4, 4, 2, 64, 768),
 }
 
