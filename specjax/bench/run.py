@@ -1,0 +1,273 @@
+"""`specjax bench`: Spec-Bench for specjax against incremental decoding and transformers, in one process run.
+
+For an LLM and its SSMs (default: the embedded pair), every question's first turn (chat template
+applied) is run by every system, systems interleaved per question and their order rotated, so drift on
+a shared machine hits all alike:
+
+    greedy       incremental (the baseline) | spec-tree (the tree config, every SSM) |
+                 spec-chain (one SSM, a width-1 chain of the tree's depth) |
+                 hf-generate | hf-assisted (transformers, assistant = that one SSM exported to HF)
+    stochastic   incremental@T (the baseline) | spec-tree@T        (temperature T, seeds per question)
+    batch mode   incremental vs spec-tree at each batch size B over the same prompts (throughput)
+
+Outputs in --out: specbench.json (config, every record, summaries), specbench.md (tables) and
+specbench.png (speedup per category per system). Arithmetic: report.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+from specjax.bench import report
+from specjax.bench.systems import HFSystem, HFWorker, SpecjaxSystem
+from specjax.engine import Engine, LoadedModel
+from specjax.sampling import SamplingConfig
+from specjax.tree import TreeConfig
+
+
+class BenchError(ValueError):
+    """A benchmark set-up that cannot run (bad question file, bad options)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    questions: str
+    per_category: int | None = None  # first N questions of each category; None: all
+    categories: tuple[str, ...] = ()  # () = every category in the file
+    max_new_tokens: int = 128
+    temperature: float = 0.7  # the stochastic comparison; 0 skips it
+    hf: bool = True
+    batch_sizes: tuple[int, ...] = (1, 4, 8)
+    batch_prompts: int = 8  # prompts per batch-mode measurement (a multiple of each B is used)
+    chain_ssm: int = 0  # the SSM used for the chain and as transformers' assistant
+    seed: int = 0
+
+
+def load_questions(path: str | Path, per_category: int | None = None,
+                   categories: Sequence[str] = ()) -> list[dict]:
+    """A Spec-Bench question file (jsonl: question_id, category, turns) -> [{"qid", "category",
+    "prompt"}] with the first turn of each question; per_category: the first N of each category."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"question file {path} does not exist")
+    rows, seen = [], defaultdict(int)
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchError(f"{path}:{i} is not valid JSON ({e.msg})") from None
+        turns = q.get("turns") if isinstance(q, dict) else None
+        if not (isinstance(turns, list) and turns and isinstance(turns[0], str) and "category" in q
+                and "question_id" in q):
+            raise BenchError(f"{path}:{i}: a Spec-Bench question needs question_id, category and turns "
+                             "(a non-empty list of strings)")
+        cat = str(q["category"])
+        if categories and cat not in categories:
+            continue
+        if per_category is not None and seen[cat] >= per_category:
+            continue
+        seen[cat] += 1
+        rows.append({"qid": q["question_id"], "category": cat, "prompt": turns[0]})
+    if not rows:
+        raise BenchError(f"{path}: no questions" + (f" in categories {', '.join(categories)}" if categories else ""))
+    missing = [c for c in categories if c not in seen]
+    if missing:
+        raise BenchError(f"{path}: no questions in categories {', '.join(missing)}")
+    return rows
+
+
+def chain_tree(tree: TreeConfig) -> TreeConfig:
+    """A width-1 chain as deep as `tree`, for one SSM."""
+    return TreeConfig(expansion=(1,) * tree.depth, num_ssms=1, node_budget=tree.node_budget)
+
+
+def _eos(llm: LoadedModel) -> tuple[int, ...]:
+    ids = set(llm.cfg.eos_token_ids)
+    if llm.tokenizer is not None:
+        ids |= set(llm.tokenizer.eos_token_ids)
+    return tuple(sorted(ids))
+
+
+def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: BenchConfig,
+                  hf: HFWorker | None) -> tuple[dict, dict]:
+    """-> (systems by name, baselines: system -> the system its speedup is against)."""
+    if not ssms:
+        raise BenchError("the benchmark needs at least one SSM (--ssm DIR; the default LLM ships its own)")
+    if not 0 <= cfg.chain_ssm < len(ssms):
+        raise BenchError(f"--chain-ssm {cfg.chain_ssm}: there are {len(ssms)} SSM(s)")
+    eos = _eos(llm)
+    greedy = SamplingConfig()
+    inc = Engine(llm)
+    spec = Engine(llm, ssms, tree)
+    chain = Engine(llm, [ssms[cfg.chain_ssm]], chain_tree(tree))
+    systems = {
+        "incremental": SpecjaxSystem("incremental", inc, False, greedy, eos),
+        "spec-tree": SpecjaxSystem("spec-tree", spec, True, greedy, eos),
+        "spec-chain": SpecjaxSystem("spec-chain", chain, True, greedy, eos),
+    }
+    if hf is not None:
+        systems["hf-generate"] = HFSystem("hf-generate", hf, False, eos)
+        systems["hf-assisted"] = HFSystem("hf-assisted", hf, True, eos)
+    baselines = {name: "incremental" for name in systems}
+    if cfg.temperature > 0:
+        t = SamplingConfig(temperature=cfg.temperature)
+        base = f"incremental@T{cfg.temperature:g}"
+        systems[base] = SpecjaxSystem(base, inc, False, t, eos)
+        systems[f"spec-tree@T{cfg.temperature:g}"] = SpecjaxSystem(f"spec-tree@T{cfg.temperature:g}", spec, True, t, eos)
+        baselines.update({base: base, f"spec-tree@T{cfg.temperature:g}": base})
+    return systems, baselines
+
+
+def run_questions(systems: dict, questions: list[dict], prompt_ids: list[list[int]], cfg: BenchConfig,
+                  progress: bool = True, warmup: bool = True) -> list[dict]:
+    """Every question through every system (B = 1), interleaved; -> records (see report.py)."""
+    from tqdm import tqdm
+
+    names = list(systems)
+    if warmup:  # compile / first-call costs for a first bucket, outside the records
+        for s in systems.values():
+            s.run([prompt_ids[0]], min(cfg.max_new_tokens, 8), cfg.seed)
+    records = []
+    bar = tqdm(total=len(questions) * len(names), desc="spec-bench", unit="run", disable=not progress)
+    for i, (q, ids) in enumerate(zip(questions, prompt_ids)):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            [row] = systems[name].run([ids], cfg.max_new_tokens, cfg.seed + i)
+            records.append({"system": name, "category": q["category"], "qid": q["qid"], **row})
+            bar.update(1)
+    bar.close()
+    return records
+
+
+def run_batches(systems: dict, prompt_ids: list[list[int]], cfg: BenchConfig, progress: bool = True) -> list[dict]:
+    """Throughput at each batch size: incremental vs spec-tree (greedy) over the same prompts. The
+    prompts are sorted by length (batches of similar lengths), each batch size runs the same prompts."""
+    from tqdm import tqdm
+
+    names = ["incremental", "spec-tree"]
+    prompts = sorted(prompt_ids, key=len)[: max(cfg.batch_prompts, max(cfg.batch_sizes))]
+    records = []
+    jobs = [(b, i) for b in cfg.batch_sizes for i in range(0, len(prompts) - len(prompts) % b or b, b)]
+    for s in names:  # warm-up: compile each batch size's first shapes
+        for b in cfg.batch_sizes:
+            systems[s].run(prompts[:b], min(cfg.max_new_tokens, 8), cfg.seed)
+    bar = tqdm(total=len(jobs) * len(names), desc="batch mode", unit="batch", disable=not progress)
+    for j, (b, i) in enumerate(jobs):
+        for name in (names if j % 2 == 0 else names[::-1]):
+            rows = systems[name].run(prompts[i: i + b], cfg.max_new_tokens, cfg.seed + i)
+            records.append({"system": name, "batch_size": b, "new_tokens": sum(r["new_tokens"] for r in rows),
+                            "llm_steps": sum(r["llm_steps"] for r in rows), "seconds": rows[0]["seconds"]})
+            bar.update(1)
+    bar.close()
+    return records
+
+
+def identical_outputs(records: list[dict], a: str, b: str) -> tuple[int, int]:
+    """(requests where systems a and b emitted the same tokens, requests both ran)."""
+    by = defaultdict(dict)
+    for r in records:
+        by[r["system"]][(r["category"], r["qid"])] = r["token_ids"]
+    keys = set(by[a]) & set(by[b])
+    return sum(by[a][k] == by[b][k] for k in keys), len(keys)
+
+
+def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: BenchConfig, out: str | Path,
+          llm_path: str | None = None, ssm_paths: Sequence[str] = (), progress: bool = True,
+          log=None) -> dict:
+    """Runs the whole benchmark and writes OUT/specbench.{json,md,png}; returns the JSON dict."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if llm.tokenizer is None:
+        raise BenchError("the LLM has no tokenizer: Spec-Bench prompts are text")
+    questions = load_questions(cfg.questions, cfg.per_category, cfg.categories)
+    prompt_ids = [llm.tokenizer.encode(q["prompt"], chat=llm.tokenizer.has_chat_template) for q in questions]
+    hf = None
+    with tempfile.TemporaryDirectory(prefix="specjax-bench-hf-") as export_dir:
+        try:
+            if cfg.hf:
+                if llm_path is None:
+                    from specjax import default_model
+
+                    llm_path = str(default_model.default_llm_dir())
+                if not ssm_paths:
+                    raise BenchError("the transformers baselines need the SSMs' paths (to export the assistant)")
+                hf = HFWorker(llm_path, ssm_paths[cfg.chain_ssm], export_dir)
+            systems, baselines = build_systems(llm, ssms, tree, cfg, hf)
+            log(f"spec-bench: {len(questions)} questions, {len(set(q['category'] for q in questions))} categories, "
+                f"systems {', '.join(systems)}")
+            t0 = time.perf_counter()
+            records = run_questions(systems, questions, prompt_ids, cfg, progress)
+            batch_records = run_batches(systems, prompt_ids, cfg, progress) if cfg.batch_sizes else []
+            wall = time.perf_counter() - t0
+        finally:
+            if hf is not None:
+                hf.close()
+    summary = report.summarize(records, baselines)
+    result = {
+        "config": dataclasses.asdict(cfg), "tree": list(tree.expansion), "num_ssms": len(ssms),
+        "llm": llm_path or "default", "ssms": list(ssm_paths), "machine": platform.platform(),
+        "processor": platform.processor(), "date": time.strftime("%Y-%m-%d"), "wall_seconds": wall,
+        "baselines": baselines, "summary": summary, "throughput": report.throughput(batch_records),
+        "identical_greedy": {s: identical_outputs(records, s, "incremental")
+                             for s in ("spec-tree", "spec-chain", "hf-generate", "hf-assisted") if s in systems},
+        "acceptance_by_depth": acceptance_by_depth(records, tree.depth),
+        "records": records, "batch_records": batch_records,
+    }
+    report.write_json(result, out / "specbench.json")
+    (out / "specbench.md").write_text(markdown(result) + "\n")
+    greedy = [s for s in systems if "@" not in s and s != "incremental"]
+    report.plot(summary, out / "specbench.png", greedy + [s for s in systems if s.startswith("spec-tree@")],
+                "Spec-Bench: speedup over specjax incremental decoding (same sampling)")
+    log(markdown(result))
+    return result
+
+
+def acceptance_by_depth(records: list[dict], depth: int) -> dict:
+    """system -> [d-1] = fraction of LLM steps accepting >= d drafted tokens (last step of each request
+    left out, as GenerationResult.acceptance_by_depth)."""
+    out = {}
+    for s in sorted({r["system"] for r in records if r.get("accepted_per_step") and r["system"] != "incremental"
+                     and not r["system"].startswith("incremental@")}):
+        steps = [n for r in records if r["system"] == s for n in (r["accepted_per_step"][:-1] or r["accepted_per_step"])]
+        out[s] = [sum(n - 1 >= d for n in steps) / max(len(steps), 1) for d in range(1, depth + 1)]
+    return out
+
+
+def markdown(result: dict) -> str:
+    s = result["summary"]
+    greedy = [x for x in s if "@" not in x]
+    stoch = [x for x in s if "@" in x]
+    parts = [f"Spec-Bench, {result['config']['max_new_tokens']} new tokens, tree {','.join(map(str, result['tree']))} "
+             f"with {result['num_ssms']} SSM(s); {result['date']}, {result['processor'] or result['machine']}",
+             "", "MAT (tokens per LLM step, bonus included):", "",
+             report.markdown_table(s, "mat", [x for x in greedy + stoch if not x.startswith("hf-")]),
+             "", "Tokens/s:", "", report.markdown_table(s, "tokens_per_s", greedy + stoch),
+             "", "Speedup over specjax incremental decoding (same sampling):", "",
+             report.markdown_table(s, "speedup", [x for x in greedy + stoch if not x.startswith("incremental")])]
+    same = result.get("identical_greedy") or {}
+    if same:
+        parts += ["", "Greedy outputs identical to incremental: " +
+                  ", ".join(f"{k} {a}/{b}" for k, (a, b) in same.items())]
+    tp = result.get("throughput") or {}
+    if tp:
+        sizes = sorted({b for v in tp.values() for b in v})
+        lines = ["| system | " + " | ".join(f"B={b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for name, per in tp.items():
+            lines.append(f"| {name} tokens/s | " + " | ".join(report._fmt(per.get(b, {}).get("tokens_per_s"), ".1f")
+                                                           for b in sizes) + " |")
+        if "incremental" in tp and "spec-tree" in tp:
+            ratio = [report._fmt(tp["spec-tree"][b]["tokens_per_s"] / tp["incremental"][b]["tokens_per_s"], ".2f")
+                     if b in tp["spec-tree"] and b in tp["incremental"] else "-" for b in sizes]
+            lines.append("| spec-tree / incremental | " + " | ".join(ratio) + " |")
+        parts += ["", "Batch mode (greedy throughput):", "", *lines]
+    return "\n".join(parts)

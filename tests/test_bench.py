@@ -1,0 +1,115 @@
+"""The Spec-Bench harness (specjax.bench): its arithmetic from known records, `specjax bench --quick` end
+to end on tiny models (every system, every output file, figures recomputed from the raw records), and
+bad question files refused by name."""
+
+import json
+
+import pytest
+
+from specjax.bench import report
+from specjax.bench.run import BenchError, load_questions
+from specjax.cli import main
+
+
+def rec(system, cat, qid, tokens, steps, seconds):
+    return {"system": system, "category": cat, "qid": qid, "new_tokens": tokens, "llm_steps": steps,
+            "seconds": seconds}
+
+
+def test_summary_arithmetic_from_known_records():
+    records = [
+        rec("inc", "a", 1, 10, 10, 2.0), rec("inc", "a", 2, 30, 30, 4.0), rec("inc", "b", 3, 20, 20, 5.0),
+        rec("spec", "a", 1, 10, 4, 1.0), rec("spec", "a", 2, 30, 10, 1.0), rec("spec", "b", 3, 20, 5, 2.0),
+        rec("hf", "a", 1, 10, None, 4.0), rec("hf", "b", 3, 20, None, 8.0),  # hf skipped question 2
+    ]
+    s = report.summarize(records, {"spec": "inc", "hf": "inc"})
+    assert s["inc"]["a"]["mat"] == 1.0 and s["inc"]["overall"]["speedup"] == 1.0
+    assert s["spec"]["a"]["mat"] == pytest.approx(40 / 14)  # pooled tokens / pooled steps, not a mean of ratios
+    assert s["spec"]["overall"]["mat"] == pytest.approx(60 / 19)
+    assert s["spec"]["a"]["tokens_per_s"] == pytest.approx(40 / 2.0)
+    assert s["spec"]["a"]["speedup"] == pytest.approx((40 / 2.0) / (40 / 6.0))
+    assert s["spec"]["b"]["speedup"] == pytest.approx((20 / 2.0) / (20 / 5.0))
+    assert s["spec"]["overall"]["speedup"] == pytest.approx((60 / 4.0) / (60 / 11.0))
+    assert s["hf"]["a"]["mat"] is None
+    # hf's speedup pairs only the questions both ran: (10/4) / (10/2), not against inc's question 2
+    assert s["hf"]["a"]["speedup"] == pytest.approx((10 / 4.0) / (10 / 2.0))
+    assert s["hf"]["overall"]["speedup"] == pytest.approx((30 / 12.0) / (30 / 7.0))
+    table = report.markdown_table(s, "speedup", ["spec", "hf"])
+    assert "| **overall** | 2.75 | 0.58 |" in table and table.splitlines()[0] == "| category | spec | hf |"
+    tp = report.throughput([{"system": "inc", "batch_size": 4, "new_tokens": 40, "seconds": 2.0, "llm_steps": 40},
+                            {"system": "inc", "batch_size": 4, "new_tokens": 20, "seconds": 1.0, "llm_steps": 20}])
+    assert tp["inc"][4]["tokens_per_s"] == pytest.approx(20.0) and tp["inc"][4]["mat"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "questions.jsonl"
+    rows = [{"question_id": i, "category": c, "turns": [t, "second turn, never used"]}
+            for i, (c, t) in enumerate([("writing", "hello world"), ("writing", "world hello"),
+                                        ("math", "one two three"), ("qa", "what is it"),
+                                        ("coding", "never in quick mode")])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys):
+    llm = converted["llama_gqa_llama3"]
+    out = tmp_path / "out"
+    code = main(["bench", "--llm", str(llm), "--ssm", str(llm), "--ssm", str(llm), "--tree", "1,2,1",
+                 "--questions", str(questions), "--quick", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    res = json.loads((out / "specbench.json").read_text())
+    assert (out / "specbench.png").stat().st_size > 1000 and "Speedup over" in (out / "specbench.md").read_text()
+    systems = {"incremental", "spec-tree", "spec-chain", "hf-generate", "hf-assisted", "incremental@T0.7",
+               "spec-tree@T0.7"}
+    assert set(res["summary"]) == systems
+    # --quick: the first 3 categories, 1 question each, first turn only, 16 new tokens
+    assert {(r["category"], r["qid"]) for r in res["records"]} == {("writing", 0), ("math", 2), ("qa", 3)}
+    assert len(res["records"]) == 3 * len(systems)
+    assert all(r["new_tokens"] <= 16 for r in res["records"])
+    # every figure recomputed from the raw records
+    for s in systems:
+        rows = [r for r in res["records"] if r["system"] == s]
+        tokens, seconds = sum(r["new_tokens"] for r in rows), sum(r["seconds"] for r in rows)
+        fig = res["summary"][s]["overall"]
+        assert fig["tokens_per_s"] == pytest.approx(tokens / seconds)
+        if s.startswith("hf-"):
+            assert fig["mat"] is None
+        else:
+            assert fig["mat"] == pytest.approx(tokens / sum(r["llm_steps"] for r in rows))
+        base = res["summary"][res["baselines"][s]]["overall"]["tokens_per_s"]
+        assert fig["speedup"] == pytest.approx(fig["tokens_per_s"] / base)
+    assert res["summary"]["incremental"]["overall"]["mat"] == 1.0
+    # the LLM drafting for itself: greedy speculation is exact and accepts every drafted token
+    assert res["identical_greedy"]["spec-tree"] == [3, 3] and res["identical_greedy"]["spec-chain"] == [3, 3]
+    assert res["identical_greedy"]["hf-generate"] == [3, 3] and res["identical_greedy"]["hf-assisted"] == [3, 3]
+    assert res["acceptance_by_depth"]["spec-chain"] == [1.0, 1.0, 1.0]
+    assert res["summary"]["spec-tree"]["overall"]["mat"] > 2.0
+    # batch mode: B=1 and B=2 over the same 2 prompts, both systems
+    assert set(res["throughput"]) == {"incremental", "spec-tree"}
+    assert set(res["throughput"]["spec-tree"]) == {"1", "2"}
+    for b in ("1", "2"):
+        assert res["throughput"]["spec-tree"][b]["new_tokens"] == res["throughput"]["incremental"][b]["new_tokens"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "no questions"),
+    ("{oops\n", "questions.jsonl:1 is not valid JSON"),
+    ('{"question_id": 1, "category": "x", "turns": []}\n', "questions.jsonl:1: a Spec-Bench question needs"),
+])
+def test_bad_question_files(tmp_path, content, message):
+    path = tmp_path / "questions.jsonl"
+    path.write_text(content)
+    with pytest.raises(BenchError, match=message):
+        load_questions(path)
+    with pytest.raises(BenchError, match="does not exist"):
+        load_questions(tmp_path / "missing.jsonl")
+
+
+def test_questions_per_category_and_unknown_category(questions):
+    rows = load_questions(questions, per_category=1)
+    assert [(r["category"], r["prompt"]) for r in rows] == [("writing", "hello world"), ("math", "one two three"),
+                                                            ("qa", "what is it"), ("coding", "never in quick mode")]
+    with pytest.raises(BenchError, match="no questions in categories nope"):
+        load_questions(questions, categories=("math", "nope"))
