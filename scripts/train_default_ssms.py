@@ -1,12 +1,22 @@
 """The recipe for the default SSM ensemble of the embedded LLM (SmolLM2-135M-Instruct, V=49152, D=576).
 
-    python scripts/train_default_ssms.py --time-only            # drafter step vs LLM step, per preset
-    python scripts/train_default_ssms.py --out runs/default     # the full recipe (about 90 min, 2 cores)
+    python scripts/train_default_ssms.py --time-only                 # drafter step vs LLM step, per preset
+    python scripts/train_default_ssms.py --out runs/default --ship   # the recipe (< 90 min, 2 cores), then
+                                                                     # copy the SSMs into specjax/default_ssms
+    python scripts/train_default_ssms.py --out runs/single --num-ssms 1 \
+        --ssm-config scripts/ssm_single_equal_params.json --data-from runs/default/data   # the comparison
     python scripts/train_default_ssms.py --out runs/quick --max-prompts 48 --steps 30 --num-ssms 1
+
+The recipe (the defaults below): 2 SSMs of preset "base" (D=96, 4 layers, 5.2M parameters, 10 MB in
+float16 each), boosted with mode "reweight" (the second SSM's loss weight is 0.25 on the tokens the
+first already predicts); data: the LLM's greedy 128-token continuations of the first --max-prompts
+interleaved boost prompts (chat template, last 96 prompt tokens), 32 prompts per generation batch;
+each SSM 700 AdamW steps of 16 samples, lr 3e-3, warmup 50, cosine to 3e-4.
 
 Why these sizes: with V=49152 the LM head dominates a small drafter (V*D multiply-adds per token).
 A drafter of width D=576 with the LLM's tied head costs 28M MACs for the head alone, ~21% of the LLM's
-~134M per token before any layer. The SSMs here are therefore narrower (preset "tiny": D=128, 2 layers)
+~134M per token before any layer. The SSMs here are therefore narrower (preset "base": D=96, 4 layers;
+extra layers cost little next to the head)
 with their tied embedding initialised as the projection of the LLM's embedding onto its top-128
 principal directions (specjax.boost.ssm), which keeps them plain LLaMA checkpoints (exportable to HF).
 `--time-only` measures one decoding step (batch 1, one token, 256 cache slots) of the LLM and of each
@@ -83,36 +93,66 @@ def interleaved_prompt_file(out: Path) -> Path:
     return out
 
 
+def ship(out: Path, num_ssms: int) -> None:
+    """OUT/ssm_i -> specjax/default_ssms/ssm_i in float16, without tokenizer files (the embedded LLM's
+    shipped tokenizer serves them), replacing what was there."""
+    import shutil
+
+    import numpy as np
+
+    from specjax import checkpoint, default_model
+
+    dst_root = default_model.DEFAULT_SSMS_DIR
+    for old in default_model.default_ssm_dirs():
+        shutil.rmtree(old)
+    for i in range(num_ssms):
+        params, cfg = checkpoint.load_checkpoint(out / f"ssm_{i}")
+        checkpoint.save_checkpoint(dst_root / f"ssm_{i}", params, cfg, dtype=np.float16)
+    size = sum(f.stat().st_size for f in dst_root.rglob("*") if f.is_file())
+    print(f"shipped {num_ssms} SSM(s) into {dst_root}: {size / 1e6:.1f} MB", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time-only", action="store_true")
-    ap.add_argument("--out", default="runs/default_ssms")
+    ap.add_argument("--out", default="runs/default")
     ap.add_argument("--num-ssms", type=int, default=2)
-    ap.add_argument("--ssm-config", default="tiny")
-    ap.add_argument("--max-prompts", type=int, default=600)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--ssm-config", default="base")
+    ap.add_argument("--max-prompts", type=int, default=2304)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--data-batch-size", type=int, default=32, help="prompts per LLM generation batch")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--freeze-embed", action="store_true")
+    ap.add_argument("--boost-mode", default="reweight")
+    ap.add_argument("--covered-weight", type=float, default=0.25)
     ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--data-from", default=None, help="reuse this run's data directory (same prompts and data config)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--ship", action="store_true", help="copy the trained SSMs into specjax/default_ssms")
     args = ap.parse_args(argv)
 
+    t0 = time.perf_counter()
     llm = api.load(None)
     if args.time_only:
         time_presets(llm)
         return 0
     out = Path(args.out)
-    prompts = interleaved_prompt_file(out.parent / (out.name + "_prompts.jsonl"))
+    prompts = interleaved_prompt_file(out.parent / "boost_prompts_interleaved.jsonl")
+    ssm_cfg = args.ssm_config if args.ssm_config in PRESETS else Path(args.ssm_config).read_text()
     run = RunConfig(
-        llm=None, prompts=(str(prompts),), num_ssms=args.num_ssms, ssm_config=args.ssm_config,
-        data=DataConfig(max_prompt_tokens=96, max_new_tokens=args.max_new_tokens, batch_size=8),
+        llm=None, prompts=(str(prompts.resolve()),), num_ssms=args.num_ssms, ssm_config=ssm_cfg,
+        data=DataConfig(max_prompt_tokens=96, max_new_tokens=args.max_new_tokens, batch_size=args.data_batch_size),
         train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           warmup_steps=min(50, args.steps // 10 + 1), freeze_embed=args.freeze_embed,
                           checkpoint_every=100, log_every=10),
+        boost_mode=args.boost_mode, covered_weight=args.covered_weight,
         max_prompts=args.max_prompts, eval_prompts=args.eval_prompts, eval_max_new_tokens=48)
-    boost(run, out, resume=args.resume)
+    boost(run, out, resume=args.resume, data_dir=args.data_from)
+    print(f"recipe wall time: {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
+    if args.ship:
+        ship(out, args.num_ssms)
     return 0
 
 

@@ -68,7 +68,12 @@ class Generator:
         if llm is None and not ssm_models and mode != "incremental":
             from specjax import default_model
 
-            ssm_models = [load(str(p), mesh, sharding.SSM_SPLIT) for p in default_model.default_ssm_dirs()]
+            shipped = default_model.default_tree()
+            dirs = default_model.default_ssm_dirs()
+            if shipped is not None and tree is None:  # the shape tuned for these drafters
+                dirs = dirs[: shipped["num_ssms"]]
+                tree = ",".join(map(str, shipped["expansion"]))
+            ssm_models = [load(str(p), mesh, sharding.SSM_SPLIT) for p in dirs]
         tree_cfg = None
         if ssm_models:
             tree_cfg = (TreeConfig.parse(tree, num_ssms=len(ssm_models), node_budget=node_budget) if tree

@@ -114,10 +114,26 @@ def default_llm_dir() -> Path:
     return out
 
 
+DEFAULT_SSMS_DIR = Path(__file__).parent / "default_ssms"
+
+
 def default_ssm_dirs() -> list[Path]:
-    """Drafters shipped for the default LLM (boost-tuned SSMs under specjax/default_ssms/, one
-    directory each). Empty until an ensemble ships; then `specjax generate` drafts with them."""
-    root = Path(__file__).parent / "default_ssms"
-    if not root.is_dir():
+    """Drafters shipped for the default LLM: the boost-tuned SSMs under specjax/default_ssms/ (one
+    specjax checkpoint directory each, in boosting order), used by `specjax generate` with no --llm."""
+    if not DEFAULT_SSMS_DIR.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / "specjax_config.json").is_file())
+    return sorted(p for p in DEFAULT_SSMS_DIR.iterdir() if (p / "specjax_config.json").is_file())
+
+
+def default_tree() -> dict | None:
+    """The tree shape tuned for the shipped drafters on a 2-core CPU (scripts/tune_tree.py):
+    {"expansion": [k1, ...], "num_ssms": n}, or None when none ships."""
+    import json
+
+    path = DEFAULT_SSMS_DIR / "tree.json"
+    if not path.is_file():
+        return None
+    tree = json.loads(path.read_text())
+    if not (isinstance(tree.get("expansion"), list) and isinstance(tree.get("num_ssms"), int)):
+        raise DefaultModelError(f"{path}: expected {{\"expansion\": [k1, ...], \"num_ssms\": n}}")
+    return tree
