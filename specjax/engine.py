@@ -3,8 +3,8 @@
     prompt ids -> pad into a length bucket -> prefill -> loop (incremental or speculative) -> results
 
 Nothing here runs per step: each batch is one call into a jitted prefill and one into a jitted loop.
-Static shapes come from buckets (prompt length rounded up to a power of two, cache slots rounded up
-to a multiple of 64), so new prompt lengths in a bucket do not recompile.
+Static shapes come from buckets (prompt length rounded up to a power of two, or above 512 to a
+multiple of 256; cache slots rounded up to a multiple of 64), so new prompt lengths in a bucket do not recompile.
 """
 
 from __future__ import annotations
@@ -65,8 +65,15 @@ class GenerationResult:
         return [sum(n - 1 >= d for n in steps) / max(len(steps), 1) for d in range(1, max_depth + 1)]
 
 
+BUCKET_STEP = 256  # above 2 * BUCKET_STEP, buckets grow linearly
+
+
 def prompt_bucket(n: int) -> int:
-    """Padded prompt length: the next power of two >= n, at least 16."""
+    """Padded prompt length: the next power of two >= n (at least 16) up to 512, then the next multiple
+    of 256: a 1100-token prompt pads to 1280, not 2048 (the prefill computes every padded position, and
+    every decoding step reads every cache slot)."""
+    if n > 2 * BUCKET_STEP:
+        return round_up(n, BUCKET_STEP)
     return max(16, 1 << (max(n, 1) - 1).bit_length())
 
 

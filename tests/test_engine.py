@@ -168,3 +168,10 @@ def test_no_recompile_within_a_length_bucket(llm):
     assert engine._compiled.keys() == compiled.keys()
     engine.generate_spec([[5] * 17, [6] * 2], 8)  # the next bucket (32) compiles once more
     assert len(engine._compiled) > len(compiled)
+
+
+def test_prompt_buckets():
+    from specjax.engine import prompt_bucket
+
+    assert [prompt_bucket(n) for n in (1, 16, 17, 300, 512)] == [16, 16, 32, 512, 512]
+    assert [prompt_bucket(n) for n in (513, 768, 769, 1100, 1700)] == [768, 768, 1024, 1280, 1792]
