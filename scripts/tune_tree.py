@@ -70,7 +70,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="save the whole report here as JSON")
     args = ap.parse_args(argv)
 
-    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, mode="spec" if args.ssm else None)
+    ssm_paths = args.ssm
+    if not ssm_paths and args.llm is None:  # every shipped drafter, not just those a shipped tree.json uses
+        from specjax import default_model
+
+        ssm_paths = [str(p) for p in default_model.default_ssm_dirs()]
+    gen = api.Generator.load(llm=args.llm, ssms=ssm_paths, mode="spec" if ssm_paths else None)
     llm, ssms = gen.llm, list(gen.ssms)
     if not ssms:
         raise SystemExit("error: no SSMs (give --ssm, or ship default drafters)")
@@ -93,7 +98,8 @@ def main(argv=None) -> int:
     draft_sizes = [1, 2, 3, 4, 6, 9, 12]
     v = tree_forward_seconds(llm.params, llm.cfg, verify_sizes, repeats=10)
     d = tree_forward_seconds(ssms[0].params, ssms[0].cfg, draft_sizes, repeats=20)
-    costs = Costs(tuple(d), tuple(d.values()), tuple(v), tuple(v.values()))
+    body = tree_forward_seconds(ssms[0].params, ssms[0].cfg, draft_sizes, repeats=20, head=False)
+    costs = Costs(tuple(d), tuple(d.values()), tuple(v), tuple(v.values()), tuple(body.values()))
     print("verify ms: " + " ".join(f"{n}:{t * 1e3:.1f}" for n, t in v.items()), file=sys.stderr)
     print("draft ms:  " + " ".join(f"{n}:{t * 1e3:.2f}" for n, t in d.items()), file=sys.stderr)
 
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
                   f"{r['expected_tokens']:.2f}  est. speedup {r['speedup']:.2f}", file=sys.stderr)
         candidates += [(n, r["expansion"]) for r in rows[: args.measure]]
         candidates += [(n, PAPER), (n, (1,) * 4)]
-    candidates = list(dict.fromkeys(candidates))
+    candidates = [c for c in dict.fromkeys(candidates) if c[0] * sum(np.cumprod(c[1])) <= args.node_budget]
 
     # The engine, interleaved with incremental decoding, B = 1.
     engines = {"incremental": inc}

@@ -230,9 +230,14 @@ def cmd_bench(args) -> int:
     if args.quick:
         cfg = dataclasses.replace(cfg, per_category=1, max_new_tokens=min(cfg.max_new_tokens, 16),
                                   batch_sizes=(1, 2), batch_prompts=2)
+    try:
+        import matplotlib  # noqa: F401  (the plot is written at the end: fail before the long run)
+    except ImportError:
+        raise SystemExit("error: specjax bench writes a plot: pip install matplotlib (or specjax[plot])")
     gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, mode="spec" if args.ssm else None)
     if not gen.ssms:
-        raise BenchError("no SSMs: give --ssm DIR (the embedded LLM's drafters are not installed)")
+        raise BenchError("no SSMs: give --ssm DIR" + (" (drafters ship only for the embedded LLM)" if args.llm
+                                                      else " (the embedded LLM's drafters are not installed)"))
     if args.quick and not cats:  # the file's first three categories
         names = list(dict.fromkeys(q["category"] for q in load_questions(cfg.questions)))
         cfg = dataclasses.replace(cfg, categories=tuple(names[:3]))
@@ -240,7 +245,7 @@ def cmd_bench(args) -> int:
     if not ssm_paths and args.llm is None:
         from specjax import default_model
 
-        ssm_paths = [str(p) for p in default_model.default_ssm_dirs()]
+        ssm_paths = [str(p) for p in default_model.default_ssm_dirs()][: len(gen.ssms)]
     print(f"bench: {gen.describe()}", file=sys.stderr)
     bench(gen.llm, gen.ssms, gen.tree, cfg, args.out, llm_path=args.llm, ssm_paths=ssm_paths)
     print(f"wrote {Path(args.out) / 'specbench.json'}, specbench.md, specbench.png", file=sys.stderr)

@@ -16,8 +16,10 @@ children). Two measurements go in:
 
         cost = n_ssms * (draft(m+1) + sum_{d=1..m-1} draft(prod_{i<=d} k_i)) + verify(1 + n_ssms * nodes)
 
-The speedup estimate is E / cost * verify(1). The independence assumption underestimates long runs of
-easy tokens, so the ranking is a shortlist: measure its head with the engine before choosing.
+The speedup estimate is E / cost * verify(1). Two approximations make the ranking a shortlist, to be
+measured with the engine before choosing: depths are taken as independent (which underestimates long
+runs of easy tokens), and with several SSMs the union coverage is applied at every depth, although
+below depth 1 each SSM only extends its own path (which overstates what an ensemble adds).
 """
 
 from __future__ import annotations
@@ -31,13 +33,24 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Costs:
-    """Measured step costs: draft_tokens/draft_seconds and verify_tokens/verify_seconds, interpolated
-    linearly in the number of tokens (and extrapolated from the last two points)."""
+    """Measured step costs, interpolated linearly in the number of tokens (extrapolated from the last two
+    points): an SSM forward + LM head over W tokens (draft), the same without the LM head (draft_body:
+    the catch-up read needs the head at the root only; empty = charge the head on every token), and an
+    LLM forward + LM head over N tree tokens (verify)."""
 
     draft_tokens: tuple[int, ...]
     draft_seconds: tuple[float, ...]
     verify_tokens: tuple[int, ...]
     verify_seconds: tuple[float, ...]
+    draft_body_seconds: tuple[float, ...] = ()  # at draft_tokens
+
+    def __post_init__(self):
+        for name in ("draft", "verify"):
+            xs, ys = getattr(self, f"{name}_tokens"), getattr(self, f"{name}_seconds")
+            if not xs or len(xs) != len(ys) or list(xs) != sorted(set(xs)):
+                raise ValueError(f"Costs: {name}_tokens must be increasing and match {name}_seconds")
+        if self.draft_body_seconds and len(self.draft_body_seconds) != len(self.draft_tokens):
+            raise ValueError("Costs: draft_body_seconds must match draft_tokens")
 
     @staticmethod
     def _interp(xs, ys, x: float) -> float:
@@ -49,6 +62,13 @@ class Costs:
 
     def draft(self, tokens: int) -> float:
         return self._interp(self.draft_tokens, self.draft_seconds, tokens)
+
+    def catch_up(self, tokens: int) -> float:
+        """An SSM forward over `tokens` with the LM head at one of them."""
+        if not self.draft_body_seconds:
+            return self.draft(tokens)
+        body = lambda w: self._interp(self.draft_tokens, self.draft_body_seconds, w)
+        return body(tokens) + self.draft(1) - body(1)
 
     def verify(self, tokens: int) -> float:
         return self._interp(self.verify_tokens, self.verify_seconds, tokens)
@@ -70,14 +90,16 @@ def expected_tokens(expansion: Sequence[int], coverage: Sequence[float]) -> floa
 
 def step_seconds(expansion: Sequence[int], num_ssms: int, costs: Costs) -> float:
     widths = level_widths(expansion)
-    frontier = [len(expansion) + 1] + widths[:-1]  # the catch-up read, then levels 1..m-1
-    return num_ssms * sum(costs.draft(w) for w in frontier) + costs.verify(1 + num_ssms * sum(widths))
+    draft = costs.catch_up(len(expansion) + 1) + sum(costs.draft(w) for w in widths[:-1])  # levels 1..m-1
+    return num_ssms * draft + costs.verify(1 + num_ssms * sum(widths))
 
 
 def search(coverage: Sequence[float], costs: Costs, num_ssms: int = 1, max_depth: int = 8,
            max_branch: int = 3, node_budget: int = 64) -> list[dict]:
     """Every expansion of depth 1..max_depth with k_i in 1..max_branch and num_ssms * nodes <=
     node_budget, ranked by estimated speedup over incremental decoding (best first)."""
+    if not coverage or any(not 0 <= c <= 1 for c in coverage):
+        raise ValueError(f"coverage must be probabilities of the top-1..top-K, got {list(coverage)}")
     base = costs.verify(1)
     rows = []
     for m in range(1, max_depth + 1):

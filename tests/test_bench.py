@@ -36,9 +36,9 @@ def test_summary_arithmetic_from_known_records():
     assert s["hf"]["overall"]["speedup"] == pytest.approx((30 / 12.0) / (30 / 7.0))
     table = report.markdown_table(s, "speedup", ["spec", "hf"])
     assert "| **overall** | 2.75 | 0.58 |" in table and table.splitlines()[0] == "| category | spec | hf |"
-    tp = report.throughput([{"system": "inc", "batch_size": 4, "new_tokens": 40, "seconds": 2.0, "llm_steps": 40},
-                            {"system": "inc", "batch_size": 4, "new_tokens": 20, "seconds": 1.0, "llm_steps": 20}])
-    assert tp["inc"][4]["tokens_per_s"] == pytest.approx(20.0) and tp["inc"][4]["mat"] == 1.0
+    [tp] = report.throughput([{"system": "inc", "batch_size": 4, "new_tokens": 40, "seconds": 2.0, "llm_steps": 40},
+                              {"system": "inc", "batch_size": 4, "new_tokens": 20, "seconds": 1.0, "llm_steps": 20}])
+    assert tp["tokens_per_s"] == pytest.approx(20.0) and tp["mat"] == 1.0 and tp["batch_size"] == 4
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,11 @@ def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys):
     assert res["acceptance_by_depth"]["spec-chain"] == [1.0, 1.0, 1.0]
     assert res["summary"]["spec-tree"]["overall"]["mat"] > 2.0
     # batch mode: B=1 and B=2 over the same 2 prompts, both systems
-    assert set(res["throughput"]) == {"incremental", "spec-tree"}
-    assert set(res["throughput"]["spec-tree"]) == {"1", "2"}
-    for b in ("1", "2"):
-        assert res["throughput"]["spec-tree"][b]["new_tokens"] == res["throughput"]["incremental"][b]["new_tokens"]
+    tp = {(r["system"], r["batch_size"]): r for r in res["throughput"]}
+    assert set(tp) == {(s, b) for s in ("incremental", "spec-tree") for b in (1, 2)}
+    for b in (1, 2):
+        assert tp[("spec-tree", b)]["new_tokens"] == tp[("incremental", b)]["new_tokens"]
+    assert "| spec-tree / incremental |" in (out / "specbench.md").read_text()
 
 
 @pytest.mark.parametrize("content,message", [
@@ -102,6 +103,9 @@ def test_bad_question_files(tmp_path, content, message):
     path = tmp_path / "questions.jsonl"
     path.write_text(content)
     with pytest.raises(BenchError, match=message):
+        load_questions(path)
+    path.write_text('{"question_id": 1, "category": "x", "turns": ["a"]}\n' * 2)
+    with pytest.raises(BenchError, match="questions.jsonl:2: question_id 1 appears twice"):
         load_questions(path)
     with pytest.raises(BenchError, match="does not exist"):
         load_questions(tmp_path / "missing.jsonl")

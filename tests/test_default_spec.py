@@ -46,3 +46,27 @@ def test_default_llm_speculative_equals_incremental(default_llm_dir):
     steps = [n for r in spec for n in r.accepted_per_step]
     assert max(steps) == 4 and min(steps) == 1  # full-depth acceptances and full rejections
     assert sum(steps) / len(steps) > 1.5
+
+
+@pytest.mark.slow
+def test_shipped_drafters_are_exact_and_accept(default_llm_dir):
+    """The boost-tuned SSMs that ship for the default LLM: they load with the LLM's vocabulary, fit the
+    24 MB budget, `Generator.load()` drafts with them (the shipped tree), greedy speculative output
+    equals incremental output, and they are trained (well above MAT 1, which untrained drafters give)."""
+    from specjax import default_model
+
+    dirs = default_model.default_ssm_dirs()
+    assert len(dirs) >= 2, "the default ensemble is not installed (specjax/default_ssms)"
+    size = sum(f.stat().st_size for f in default_model.DEFAULT_SSMS_DIR.rglob("*") if f.is_file())
+    assert size <= 24e6
+    gen = api.Generator.load()
+    assert gen.mode == "spec" and len(gen.ssms) >= 1
+    shipped = default_model.default_tree()
+    assert shipped is None or list(gen.tree.expansion) == shipped["expansion"]
+    prompts = [gen.llm.tokenizer.encode(p, chat=True) for p in PROMPTS[:6]]
+    spec = gen.generate_ids(prompts, max_new_tokens=64, batch_size=6)
+    inc = Engine(gen.llm).generate_incremental(prompts, 64, eos_ids=gen.eos_ids())
+    for a, b in zip(inc, spec):
+        assert b.token_ids == a.token_ids
+    mat = sum(len(r.token_ids) for r in spec) / sum(r.llm_steps for r in spec)
+    assert mat > 1.5, mat

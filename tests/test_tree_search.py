@@ -38,3 +38,12 @@ def test_search_follows_the_cost_curve():
     assert r["speedup"] == pytest.approx(r["expected_tokens"] / r["step_seconds"] * steep.verify(1))
     assert len(search(cov, flat, num_ssms=2, max_depth=3, node_budget=8)) == sum(
         1 for r in search(cov, flat, max_depth=3, node_budget=200) if 2 * r["nodes"] <= 8)
+
+
+def test_catch_up_charges_the_head_once_and_bad_inputs():
+    c = Costs((1, 9), (1.0, 5.0), (1, 2), (10.0, 11.0), draft_body_seconds=(0.2, 1.0))
+    assert c.catch_up(9) == pytest.approx(1.0 + 1.0 - 0.2)  # body over 9 tokens + the head once
+    with pytest.raises(ValueError, match="increasing"):
+        Costs((4, 1), (1.0, 2.0), (1,), (1.0,))
+    with pytest.raises(ValueError, match="coverage"):
+        search([], c)

@@ -17,6 +17,7 @@ model directory, or a .gguf file. Models run in float32. Errors come back as {"e
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -51,10 +52,12 @@ def load(path: str, export_dir: Path, name: str):
 
 def main() -> int:
     import torch
+    import transformers
 
     models: dict = {}
-    out = sys.stdout
-    sys.stdout = sys.stderr  # library prints must not corrupt the protocol
+    out = os.fdopen(os.dup(1), "w")  # the protocol's own copy of stdout ...
+    os.dup2(2, 1)  # ... and anything else written to fd 1 (libraries, C code) goes to stderr
+    sys.stdout = sys.stderr
     for line in sys.stdin:
         req = json.loads(line)
         try:
@@ -74,12 +77,14 @@ def main() -> int:
                         raise ValueError("assisted generation needs an assistant model (none loaded)")
                     kw["assistant_model"] = models["assistant"]
                 eos = list(req.get("eos") or [])
+                # A fresh config: greedy, these stops and nothing else from the checkpoint's
+                # generation_config (repetition penalties and the like would change the output).
+                gcfg = transformers.GenerationConfig(do_sample=False, max_new_tokens=req["max_new_tokens"],
+                                                     eos_token_id=eos or None, pad_token_id=eos[0] if eos else 0)
                 x = torch.tensor([req["ids"]])
                 with torch.inference_mode():
                     t = time.perf_counter()
-                    y = llm.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=req["max_new_tokens"],
-                                     do_sample=False, eos_token_id=eos or None,
-                                     pad_token_id=eos[0] if eos else 0, **kw)
+                    y = llm.generate(x, attention_mask=torch.ones_like(x), generation_config=gcfg, **kw)
                     seconds = time.perf_counter() - t
                 ans = {"token_ids": y[0, x.shape[1]:].tolist(), "seconds": seconds}
             else:

@@ -81,16 +81,13 @@ def markdown_table(summary: dict, value: str, systems: Sequence[str] | None = No
     return "\n".join(lines)
 
 
-def throughput(records: Iterable[dict]) -> dict:
+def throughput(records: Iterable[dict]) -> list[dict]:
     """Batch-mode records {"system", "batch_size", "new_tokens", "seconds", "llm_steps"} (one per batch)
-    -> {system: {batch_size: {"tokens_per_s", "mat", ...}}}."""
+    -> one row per (system, batch size): {"system", "batch_size", "tokens_per_s", "mat", ...}."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["system"], r["batch_size"])].append(r)
-    out: dict[str, dict] = defaultdict(dict)
-    for (system, b), rows in sorted(groups.items()):
-        out[system][b] = _pool(rows)
-    return dict(out)
+    return [{"system": s, "batch_size": b, **_pool(rows)} for (s, b), rows in sorted(groups.items())]
 
 
 def plot(summary: dict, path: str | Path, systems: Sequence[str], title: str) -> Path:
@@ -106,7 +103,8 @@ def plot(summary: dict, path: str | Path, systems: Sequence[str], title: str) ->
     width = 0.8 / max(len(systems), 1)
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(cats) + 2), 4.5))
     for i, s in enumerate(systems):
-        vals = [summary[s].get(c, {}).get("speedup") or 0.0 for c in cats]
+        vals = [summary[s].get(c, {}).get("speedup") for c in cats]
+        vals = [np.nan if v is None else v for v in vals]  # no bar, rather than a bar at 0
         ax.bar(x + (i - (len(systems) - 1) / 2) * width, vals, width, label=s)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(x, cats, rotation=35, ha="right")

@@ -58,7 +58,7 @@ def load_questions(path: str | Path, per_category: int | None = None,
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"question file {path} does not exist")
-    rows, seen = [], defaultdict(int)
+    rows, seen, keys = [], defaultdict(int), set()
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -72,6 +72,9 @@ def load_questions(path: str | Path, per_category: int | None = None,
             raise BenchError(f"{path}:{i}: a Spec-Bench question needs question_id, category and turns "
                              "(a non-empty list of strings)")
         cat = str(q["category"])
+        if (cat, q["question_id"]) in keys:
+            raise BenchError(f"{path}:{i}: question_id {q['question_id']} appears twice in category {cat}")
+        keys.add((cat, q["question_id"]))
         if categories and cat not in categories:
             continue
         if per_category is not None and seen[cat] >= per_category:
@@ -150,13 +153,16 @@ def run_questions(systems: dict, questions: list[dict], prompt_ids: list[list[in
 
 def run_batches(systems: dict, prompt_ids: list[list[int]], cfg: BenchConfig, progress: bool = True) -> list[dict]:
     """Throughput at each batch size: incremental vs spec-tree (greedy) over the same prompts. The
-    prompts are sorted by length (batches of similar lengths), each batch size runs the same prompts."""
+    prompts are sorted by length (batches of similar lengths), each batch size runs the same prompts
+    (repeated when there are fewer questions than the largest batch)."""
     from tqdm import tqdm
 
     names = ["incremental", "spec-tree"]
-    prompts = sorted(prompt_ids, key=len)[: max(cfg.batch_prompts, max(cfg.batch_sizes))]
+    need = max(cfg.batch_prompts, max(cfg.batch_sizes))
+    prompts = sorted(prompt_ids, key=len)[:need]
+    prompts = (prompts * -(-need // len(prompts)))[:need]  # too few questions: repeat them to fill a batch
     records = []
-    jobs = [(b, i) for b in cfg.batch_sizes for i in range(0, len(prompts) - len(prompts) % b or b, b)]
+    jobs = [(b, i) for b in cfg.batch_sizes for i in range(0, need - need % b, b)]
     for s in names:  # warm-up: compile each batch size's first shapes
         for b in cfg.batch_sizes:
             systems[s].run(prompts[:b], min(cfg.max_new_tokens, 8), cfg.seed)
@@ -189,6 +195,8 @@ def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: 
     out.mkdir(parents=True, exist_ok=True)
     if llm.tokenizer is None:
         raise BenchError("the LLM has no tokenizer: Spec-Bench prompts are text")
+    if not 0 <= cfg.chain_ssm < len(ssms):
+        raise BenchError(f"--chain-ssm {cfg.chain_ssm}: there are {len(ssms)} SSM(s) (0..{len(ssms) - 1})")
     questions = load_questions(cfg.questions, cfg.per_category, cfg.categories)
     prompt_ids = [llm.tokenizer.encode(q["prompt"], chat=llm.tokenizer.has_chat_template) for q in questions]
     hf = None
@@ -258,16 +266,17 @@ def markdown(result: dict) -> str:
     if same:
         parts += ["", "Greedy outputs identical to incremental: " +
                   ", ".join(f"{k} {a}/{b}" for k, (a, b) in same.items())]
-    tp = result.get("throughput") or {}
+    tp = result.get("throughput") or []
     if tp:
-        sizes = sorted({b for v in tp.values() for b in v})
+        cell = {(r["system"], r["batch_size"]): r["tokens_per_s"] for r in tp}
+        sizes = sorted({r["batch_size"] for r in tp})
+        names = list(dict.fromkeys(r["system"] for r in tp))
         lines = ["| system | " + " | ".join(f"B={b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
-        for name, per in tp.items():
-            lines.append(f"| {name} tokens/s | " + " | ".join(report._fmt(per.get(b, {}).get("tokens_per_s"), ".1f")
-                                                           for b in sizes) + " |")
-        if "incremental" in tp and "spec-tree" in tp:
-            ratio = [report._fmt(tp["spec-tree"][b]["tokens_per_s"] / tp["incremental"][b]["tokens_per_s"], ".2f")
-                     if b in tp["spec-tree"] and b in tp["incremental"] else "-" for b in sizes]
+        for name in names:
+            lines.append(f"| {name} tokens/s | " + " | ".join(report._fmt(cell.get((name, b)), ".1f") for b in sizes) + " |")
+        if "incremental" in names and "spec-tree" in names:
+            ratio = [report._fmt(cell[("spec-tree", b)] / cell[("incremental", b)], ".2f")
+                     if cell.get(("spec-tree", b)) and cell.get(("incremental", b)) else "-" for b in sizes]
             lines.append("| spec-tree / incremental | " + " | ".join(ratio) + " |")
         parts += ["", "Batch mode (greedy throughput):", "", *lines]
     return "\n".join(parts)

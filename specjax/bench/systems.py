@@ -49,8 +49,12 @@ class HFWorker:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "specjax.bench.hf_worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
-        self.call({"cmd": "load", "llm": str(llm), "assistant": None if assistant is None else str(assistant),
-                   "export_dir": str(export_dir), "threads": threads or os.cpu_count()})
+        try:
+            self.call({"cmd": "load", "llm": str(llm), "assistant": None if assistant is None else str(assistant),
+                       "export_dir": str(export_dir), "threads": threads or os.cpu_count()})
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, req: dict) -> dict:
         self.proc.stdin.write(json.dumps(req) + "\n")
