@@ -18,7 +18,8 @@ def _add_generate(sub):
                    help="decoding mode (default: spec when drafters are available, else incremental)")
     p.add_argument("--ssm", action="append", default=[], metavar="DIR",
                    help="a speculative model (repeat for an ensemble)")
-    p.add_argument("--tree", default=None, help="expansion config k1,...,km (default 1,1,3,1,1,1,1,1)")
+    p.add_argument("--tree", default=None, help="expansion config k1,...,km (default: the paper's 1,1,3,1,1,1,1,1; "
+                                                 "for the embedded LLM's drafters, their tuned tree.json)")
     p.add_argument("--node-budget", type=int, default=64, help="max tree nodes per step over all SSMs")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="one prompt")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import model, sharding
+from specjax import sharding
 from specjax.config import ModelConfig
 from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
@@ -242,13 +242,24 @@ class Engine:
                       eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
                       ) -> list[GenerationResult]:
         """One batch of prompts (token ids), decoded speculatively with the engine's SSMs and tree."""
+        prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
+        c0, t0 = self.compile_seconds, time.perf_counter()
+        state, cfg = self.init_spec_state(prompts, max_new_tokens, sampling, seed, eos_ids, sampled_children)
+        ssm_params = tuple(s.params for s in self.ssms)
+        state = self._run("spec", spec_loop, (self.llm.params, ssm_params, state), dict(cfg=cfg))
+        jax.block_until_ready(state.base.tokens)
+        compile_s = self.compile_seconds - c0
+        return self.results(prompts, state.base, time.perf_counter() - t0 - compile_s, compile_s)
+
+    def init_spec_state(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingConfig,
+                        seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
+                        ) -> tuple[SpecState, SpecConfig]:
+        """The speculative loop's static config and its state after the LLM's and every SSM's prefill."""
         if not self.ssms:
             raise EngineError("speculative decoding needs at least one SSM")
-        prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         cfg = SpecConfig(llm=self.llm.cfg, ssms=tuple(s.cfg for s in self.ssms), tree=self.tree,
                          sampling=sampling, eos_ids=eos, sampled_children=sampled_children)
-        c0, t0 = self.compile_seconds, time.perf_counter()
         base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1))
         B, S = base.tokens.shape
         caches = []
@@ -258,12 +269,7 @@ class Engine:
             caches.append(self._run("prefill", _prefill, (ssm.params, cache, base.tokens, base.prompt_len),
                                     dict(cfg=ssm.cfg, bucket=bucket)))
         state = SpecState(base=base, ssm_caches=tuple(caches), ssm_len=jnp.array(base.length, copy=True))
-        state = sharding.shard_spec_state(state, cfg, self.mesh)
-        ssm_params = tuple(s.params for s in self.ssms)
-        state = self._run("spec", spec_loop, (self.llm.params, ssm_params, state), dict(cfg=cfg))
-        jax.block_until_ready(state.base.tokens)
-        compile_s = self.compile_seconds - c0
-        return self.results(prompts, state.base, time.perf_counter() - t0 - compile_s, compile_s)
+        return sharding.shard_spec_state(state, cfg, self.mesh), cfg
 
     @staticmethod
     def results(prompts: list[list[int]], state: DecodeState, seconds: float,
