@@ -22,6 +22,7 @@ from specjax.tree import TreeConfig
 
 def load(path: str | None, mesh=None, split: dict | None = None) -> LoadedModel:
     """A specjax checkpoint dir, an HF model dir or a .gguf file; None: the embedded default LLM.
+    A specjax checkpoint without tokenizer files loads with tokenizer None.
 
     mesh: load straight into the sharding of `specjax.sharding` (split: its TP_SPLIT for an LLM,
     SSM_SPLIT to replicate a drafter); None: onto the default device.
@@ -35,7 +36,15 @@ def load(path: str | None, mesh=None, split: dict | None = None) -> LoadedModel:
     else:
         params, cfg = checkpoint.load_model(path)
         params = jax.tree.map(jnp.asarray, params)  # on the device once, not copied in at every call
-    return LoadedModel(params=params, cfg=cfg, tokenizer=tokenizer.load_tokenizer(path))
+    tok = None if checkpoint.is_checkpoint(path) and not has_tokenizer_files(path) else tokenizer.load_tokenizer(path)
+    return LoadedModel(params=params, cfg=cfg, tokenizer=tok)
+
+
+def has_tokenizer_files(directory: str) -> bool:
+    """A specjax checkpoint may ship without a tokenizer (the default drafters use the LLM's)."""
+    from pathlib import Path
+
+    return any((Path(directory) / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
 
 class Generator:
