@@ -117,3 +117,10 @@ def test_questions_per_category_and_unknown_category(questions):
                                                             ("qa", "what is it"), ("coding", "never in quick mode")]
     with pytest.raises(BenchError, match="no questions in categories nope"):
         load_questions(questions, categories=("math", "nope"))
+
+
+def test_hf_worker_error_names_the_model(tmp_path):
+    from specjax.bench.systems import HFWorker, HFWorkerError
+
+    with pytest.raises(HFWorkerError, match="not a specjax checkpoint, a Hugging Face model directory or a .gguf"):
+        HFWorker(str(tmp_path / "nothing"), None, tmp_path)

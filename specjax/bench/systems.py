@@ -36,6 +36,10 @@ class SpecjaxSystem:
                  "seconds": r.seconds, "accepted_per_step": r.accepted_per_step} for r in results]
 
 
+class HFWorkerError(ValueError):
+    """The transformers side cannot run (no torch, a model it cannot load, a crashed worker)."""
+
+
 class HFWorker:
     """A transformers process (python -m specjax.bench.hf_worker) that serves one request at a time."""
 
@@ -43,7 +47,7 @@ class HFWorker:
         try:
             import torch  # noqa: F401  (fail here, with the fix, rather than inside the worker)
         except ImportError:
-            raise RuntimeError("the transformers baselines need PyTorch: `pip install torch` (CPU build: "
+            raise HFWorkerError("the transformers baselines need PyTorch: `pip install torch` (CPU build: "
                                "`pip install torch --index-url https://download.pytorch.org/whl/cpu`), "
                                "or run with --no-hf") from None
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -61,10 +65,10 @@ class HFWorker:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the transformers worker exited (code {self.proc.poll()}); see its stderr above")
+            raise HFWorkerError(f"the transformers worker exited (code {self.proc.poll()}); see its stderr above")
         ans = json.loads(line)
         if "error" in ans:
-            raise RuntimeError(f"transformers worker: {ans['error']}\n{ans.get('traceback', '')}")
+            raise HFWorkerError(f"transformers worker: {ans['error']}\n{ans.get('traceback', '')}")
         return ans
 
     def close(self) -> None:

@@ -126,7 +126,8 @@ def boost(run: RunConfig, out: str | Path, resume: bool = False, log=None, progr
         logf.flush()
         ssm = LoadedModel(jax.tree.map(jax.numpy.asarray, params), cfg, llm.tokenizer)
         ssms.append(ssm)
-        ssm_hits.append(hits(tr.tokens, topk_predictions(ssm.params, cfg, tr.tokens, 1)[..., 0]))
+        if i + 1 < run.num_ssms:  # the next round's weights; the last SSM's hits would go unused
+            ssm_hits.append(hits(tr.tokens, topk_predictions(ssm.params, cfg, tr.tokens, 1)[..., 0]))
     logf.close()
 
     result = {"agreement": agreement(ssms, ev.tokens, ev.mask), "mat": []}
