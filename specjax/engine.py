@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import sharding
+from specjax import model, sharding, skinny
 from specjax.config import ModelConfig
 from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
@@ -125,10 +125,16 @@ class Engine:
       mesh: a `dp` x `tp` jax.sharding.Mesh (see specjax.sharding): the LLM is split over tp by the
         partition rules, SSMs are replicated, batches are split over dp (padded with finished dummy
         rows to a multiple of dp). None: one device.
+      cpu_kernel: pack the weights for specjax's CPU skinny-matmul kernel (specjax.skinny): None
+        (default) does when the params live on CPU, no mesh is given and the kernel can be used
+        (it says why in one line when it cannot); False keeps XLA's dot.
+      weight_dtype: "bfloat16" has the kernel store the weights in bf16 (half the bytes read per
+        step; activations and accumulation stay float32); None keeps the checkpoint's dtype.
     """
 
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
-                 max_len: int | None = None, mesh=None):
+                 max_len: int | None = None, mesh=None, cpu_kernel: bool | None = None,
+                 weight_dtype: str | None = None):
         self.llm = llm
         self.ssms = tuple(ssms)
         self.tree = tree
@@ -148,6 +154,14 @@ class Engine:
             place = lambda m, split: dict(zip(("params", "cfg"), sharding.shard_model(m.params, m.cfg, mesh, split)))
             self.llm = dataclasses.replace(llm, **place(llm, sharding.TP_SPLIT))  # cfg: kv heads may be repeated
             self.ssms = tuple(dataclasses.replace(s, **place(s, sharding.SSM_SPLIT)) for s in self.ssms)
+        elif cpu_kernel is not False:  # weights re-laid-out once here, never per step
+            pack = lambda m: dataclasses.replace(m, params=skinny.pack_params(m.params, m.cfg, weight_dtype))
+            self.llm = pack(self.llm)
+            self.ssms = tuple(pack(s) for s in self.ssms)
+        self.cpu_kernel = skinny.is_packed(self.llm.params)
+        if weight_dtype is not None and not self.cpu_kernel:
+            raise EngineError(f"weight_dtype={weight_dtype!r} needs the CPU skinny-matmul kernel "
+                              f"({skinny.status()[1]})")
 
     # -- shapes ---------------------------------------------------------------------------
     def _slot_limit(self) -> tuple[int, str] | None:
@@ -195,7 +209,7 @@ class Engine:
             tokens[b, : len(p)] = p
         prompt_len = np.asarray([len(p) for p in prompts] + [1] * (B - n), np.int32)
         tokens, prompt_len = sharding.shard_rows((tokens, prompt_len), self.mesh)
-        dtype = jax.tree.leaves(self.llm.params)[0].dtype
+        dtype = model.compute_dtype(self.llm.params)
         cache = sharding.new_cache(cfg, B, S, dtype, self.mesh)
         cache = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
                           dict(cfg=cfg, bucket=bucket))
@@ -264,7 +278,7 @@ class Engine:
         B, S = base.tokens.shape
         caches = []
         for ssm in self.ssms:
-            dtype = jax.tree.leaves(ssm.params)[0].dtype
+            dtype = model.compute_dtype(ssm.params)
             cache = sharding.new_cache(ssm.cfg, B, S, dtype, self.mesh, sharding.SSM_SPLIT)
             caches.append(self._run("prefill", _prefill, (ssm.params, cache, base.tokens, base.prompt_len),
                                     dict(cfg=ssm.cfg, bucket=bucket)))

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax import skinny
 from specjax.config import ModelConfig, RopeConfig
 
 Params = dict
@@ -117,14 +118,22 @@ def write_cache(cache_l, new, slots):
     return jax.vmap(write)(cache_l, new, slots)
 
 
+def dense(x, w, rows: int | None = None):
+    """x [..., I] @ w -> [..., O]: w is a PackedWeight [I, O] (the CPU kernel, specjax.skinny) or an
+    array whose leading dims flatten to I (a bitcast reshape: XLA then never transposes a weight per
+    step), `rows` = I when w has more than two dims."""
+    if isinstance(w, skinny.PackedWeight):
+        return skinny.matmul(x, w).astype(x.dtype)
+    return x @ (w if rows is None else w.reshape(rows, -1))
+
+
 def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots, mask, inv_freq):
     """One attention block. x [B, T, D]; returns (out [B, T, D], k_cache, v_cache)."""
     B, T, D = x.shape
     H, K, A = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    # Plain 2-D matmuls on bitcast-reshaped weights: XLA then never transposes a weight per step.
-    q = (x @ lp["q"].reshape(D, H * A)).reshape(B, T, H, A)
-    k = (x @ lp["k"].reshape(D, K * A)).reshape(B, T, K, A)
-    v = (x @ lp["v"].reshape(D, K * A)).reshape(B, T, K, A)
+    q = dense(x, lp["q"], D).reshape(B, T, H, A)
+    k = dense(x, lp["k"], D).reshape(B, T, K, A)
+    v = dense(x, lp["v"], D).reshape(B, T, K, A)
     if cfg.qkv_bias:
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
     if cfg.uses_rope:
@@ -139,24 +148,24 @@ def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots,
     probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype).reshape(B, K, T * (H // K), -1)
     out = jnp.einsum("bkqs,bksa->bkqa", probs, v_cache)  # [B, K, TG, A]
     out = jnp.swapaxes(out.reshape(B, K, T, H // K, A), 1, 2).reshape(B, T, H * A)
-    out = out @ lp["o"].reshape(H * A, D)
+    out = dense(out, lp["o"], H * A)
     if cfg.o_bias:
         out = out + lp["o_bias"]
     return out, k_cache, v_cache
 
 
 def mlp(lp: dict, x, cfg: ModelConfig):
-    up = x @ lp["up"]
+    up = dense(x, lp["up"])
     if cfg.mlp_bias:
         up = up + lp["up_bias"]
     if "gate" in lp:
-        gate = x @ lp["gate"]
+        gate = dense(x, lp["gate"])
         if cfg.mlp_bias:
             gate = gate + lp["gate_bias"]
         h = activation(cfg.activation, gate) * up
     else:
         h = activation(cfg.activation, up)
-    out = h @ lp["down"]
+    out = dense(h, lp["down"])
     if cfg.mlp_bias:
         out = out + lp["down_bias"]
     return out
@@ -165,11 +174,21 @@ def mlp(lp: dict, x, cfg: ModelConfig):
 # ----------------------------------------------------------------------------- the model
 
 
+def compute_dtype(params: Params):
+    """The activations' and KV cache's dtype: the params' own (norm scales are never packed, so a
+    model whose weights the CPU kernel stores in bf16 still computes in float32)."""
+    return params["layers"][0]["attn_norm"]["scale"].dtype
+
+
 def embed(params: Params, cfg: ModelConfig, tokens, positions):
     """tokens, positions [B, T] -> [B, T, D]."""
-    x = jnp.take(params["embed"], tokens, axis=0)
+    table = params["embed"]  # [V, E], or (packed for the CPU kernel, tied) the LM head [E, V]
+    if isinstance(table, skinny.PackedWeight):
+        x = table.columns(tokens).astype(compute_dtype(params))
+    else:
+        x = jnp.take(table, tokens, axis=0)
     if cfg.projects_embeddings:
-        x = x @ params["project_in"]
+        x = dense(x, params["project_in"])
     if "pos_embed" in params:
         x = x + jnp.take(params["pos_embed"], positions + cfg.position_offset, axis=0)
     return x
@@ -203,23 +222,25 @@ def forward(params: Params, cfg: ModelConfig, tokens, positions, cache: KVCache,
     if cfg.final_norm:
         x = norm(params["final_norm"], x, cfg)
     if cfg.projects_embeddings:
-        x = x @ params["project_out"]
+        x = dense(x, params["project_out"])
     return x, KVCache(k=tuple(new_k), v=tuple(new_v))
 
 
 def lm_head(params: Params, cfg: ModelConfig, hidden):
     """hidden [..., E] -> logits [..., V] in float32."""
-    if cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings and isinstance(params["embed"], skinny.PackedWeight):
+        logits = dense(hidden, params["embed"])  # packed as the head [E, V]
+    elif cfg.tie_word_embeddings:
         logits = jnp.einsum("...e,ve->...v", hidden, params["embed"])
     else:
-        logits = hidden @ params["lm_head"]
+        logits = dense(hidden, params["lm_head"])
     return logits.astype(jnp.float32)
 
 
 def causal_hidden(params: Params, cfg: ModelConfig, tokens):
     """Full causal forward of tokens [B, T] from an empty cache -> final hidden states [B, T, D]."""
     B, T = tokens.shape
-    cache = init_cache(cfg, B, T, params["embed"].dtype)
+    cache = init_cache(cfg, B, T, compute_dtype(params))
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T))
     hidden, _ = forward(params, cfg, tokens, positions, cache, positions, mask)

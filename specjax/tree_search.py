@@ -134,6 +134,13 @@ def tree_forward_seconds(params, cfg, sizes: Sequence[int], prefix: int = 100, s
     """Median seconds of one jitted forward (+ LM head) of a model over N tree tokens with the tree
     mask, batch 1, after `prefix` committed tokens in a cache of `slots` slots, for each N in sizes
     (N = 1 is an incremental step). Sizes are interleaved round-robin so drift hits all alike."""
+    return tree_forward_seconds_by({"": params}, cfg, sizes, prefix, slots, repeats, head)[""]
+
+
+def tree_forward_seconds_by(variants: dict, cfg, sizes: Sequence[int], prefix: int = 100, slots: int = 320,
+                            repeats: int = 10, head: bool = True) -> dict[str, dict[int, float]]:
+    """tree_forward_seconds for several params of one model (e.g. packed for the CPU kernel and not),
+    every (variant, size) interleaved round-robin in one run. Returns {variant: {N: seconds}}."""
     import functools
     import time
 
@@ -154,14 +161,16 @@ def tree_forward_seconds(params, cfg, sizes: Sequence[int], prefix: int = 100, s
         return (model.lm_head(params, cfg, hidden) if head else hidden), cache
 
     rng = np.random.default_rng(0)
-    cache = model.init_cache(cfg, 1, slots)
+    caches = {v: model.init_cache(cfg, 1, slots, model.compute_dtype(p)) for v, p in variants.items()}
     trees = {n: random_tree(n, rng) for n in sizes}
-    for n in sizes:
-        _, cache = jax.block_until_ready(fwd(params, cache, trees[n]))  # compile
-    times: dict[int, list[float]] = {n: [] for n in sizes}
-    for _ in range(repeats):
+    for v, params in variants.items():
         for n in sizes:
-            t = time.perf_counter()
-            _, cache = jax.block_until_ready(fwd(params, cache, trees[n]))
-            times[n].append(time.perf_counter() - t)
-    return {n: float(np.median(v)) for n, v in times.items()}
+            _, caches[v] = jax.block_until_ready(fwd(params, caches[v], trees[n]))  # compile
+    times = {v: {n: [] for n in sizes} for v in variants}
+    for _ in range(repeats):
+        for v, params in variants.items():
+            for n in sizes:
+                t = time.perf_counter()
+                _, caches[v] = jax.block_until_ready(fwd(params, caches[v], trees[n]))
+                times[v][n].append(time.perf_counter() - t)
+    return {v: {n: float(np.median(t)) for n, t in tv.items()} for v, tv in times.items()}

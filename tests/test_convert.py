@@ -13,6 +13,7 @@ from conftest import FAMILIES, hf_logits, rewrite_json
 from checkpoints_convert import convert, export_hf, read_source
 from checkpoints_convert.__main__ import main
 from specjax import model as M
+from specjax import skinny
 from specjax.checkpoint import CheckpointError, flatten, load_checkpoint, load_model, save_checkpoint
 from specjax.config import ConfigError
 
@@ -31,9 +32,20 @@ def specjax_logits(params, cfg, toks) -> np.ndarray:
 # ----------------------------------------------------------------------------- parity
 
 
+def maybe_packed(params, cfg, packed: bool):
+    """The params as loaded, or packed for the CPU skinny-matmul kernel (the engine's default on CPU)."""
+    if not packed:
+        return params
+    out = skinny.pack_params(params, cfg)
+    assert skinny.is_packed(out), skinny.status()[1]
+    return out
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["xla", "kernel"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_logits_match_transformers(name, converted, hf_models):
+def test_logits_match_transformers(name, packed, converted, hf_models):
     params, cfg = load_checkpoint(converted[name])
+    params = maybe_packed(params, cfg, packed)
     toks = tokens(cfg.vocab_size)
     ref = hf_logits(hf_models[name], toks)
     np.testing.assert_allclose(specjax_logits(params, cfg, toks), ref, atol=TOL, rtol=0)
@@ -50,10 +62,12 @@ def test_rope_scaling_is_exercised(converted, hf_models):
     assert np.abs(wrong - hf_logits(hf_models["llama_gqa_llama3"], toks)).max() > 100 * TOL
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["xla", "kernel"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_prefill_then_steps_match_full_forward(name, converted):
+def test_prefill_then_steps_match_full_forward(name, packed, converted):
     """Prefill P tokens into a cache of T slots, then decode one token per step: same logits."""
     params, cfg = load_checkpoint(converted[name])
+    params = maybe_packed(params, cfg, packed)
     toks = jnp.asarray(tokens(cfg.vocab_size, seed=1))
     full = specjax_logits(params, cfg, toks)
     P = 12

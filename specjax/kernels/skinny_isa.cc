@@ -1,0 +1,189 @@
+// Skinny matmul y[M, N] = x[M, K] @ W[K, N] over a panel-packed W, for one instruction set.
+//
+// Compiled once per ISA by build.py with SKINNY_NS and SKINNY_MR set and that ISA's -m flags,
+// so every variant comes from this one source: the vector type below is one zmm (AVX-512), one
+// ymm (AVX2 + FMA), one xmm (SSE2) or a scalar (other processors), and a 16-column panel row is
+// 1, 2, 4 or 16 of them.
+//
+// Packed layout: W [K, N] is stored as panels P [NP, K, 16], P[p, k, j] = W[k, 16 p + j] (zero
+// past N). A 16-column panel is contiguous, so a micro-tile streams it once while MR rows of x
+// accumulate in registers; x blocks of MB rows stay in L2 across panels.
+#include <cstdint>
+#include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace specjax_skinny {
+namespace SKINNY_NS {
+
+constexpr int NB = 16;  // panel width (columns)
+
+// One vector register: W floats. Loads of bf16 widen exactly (the 16 bits go to the top of an f32).
+#if defined(__AVX512F__)
+typedef __m512 vec;
+constexpr int W = 16;
+static inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline vec vload(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+static inline vec vset1(float s) { return _mm512_set1_ps(s); }
+static inline vec vzero() { return _mm512_setzero_ps(); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+static inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 vec;
+constexpr int W = 8;
+static inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline vec vload(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+static inline vec vset1(float s) { return _mm256_set1_ps(s); }
+static inline vec vzero() { return _mm256_setzero_ps(); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+static inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
+#elif defined(__SSE2__)
+typedef __m128 vec;
+constexpr int W = 4;
+static inline vec vload(const float* p) { return _mm_loadu_ps(p); }
+static inline vec vload(const uint16_t* p) {
+  return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i*)p)));
+}
+static inline vec vset1(float s) { return _mm_set1_ps(s); }
+static inline vec vzero() { return _mm_setzero_ps(); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+static inline vec vadd(vec a, vec b) { return _mm_add_ps(a, b); }
+static inline void vstore(float* p, vec v) { _mm_storeu_ps(p, v); }
+#else  // portable scalar code (the compiler may vectorize it)
+typedef float vec;
+constexpr int W = 1;
+static inline vec vload(const float* p) { return *p; }
+static inline vec vload(const uint16_t* p) {
+  uint32_t u = uint32_t(*p) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline vec vset1(float s) { return s; }
+static inline vec vzero() { return 0.f; }
+static inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
+static inline vec vadd(vec a, vec b) { return a + b; }
+static inline void vstore(float* p, vec v) { *p = v; }
+#endif
+constexpr int P = NB / W;  // registers per panel row
+#ifndef SKINNY_PREFETCH
+#define SKINNY_PREFETCH 64
+#endif
+
+// y[r, 0:nc] = sum_k x[r, k] * panel[k, 0:nc] for r < R: R x P accumulators stay in registers while
+// the panel streams through once. A tile of few rows also splits k over U accumulator sets (summed at
+// the end), so that at least 8 independent FMA chains hide the FMA latency.
+template <int R, typename WT>
+static inline __attribute__((always_inline)) void tile(const float* __restrict x, int64_t ldx,
+                                                      const WT* __restrict panel, int64_t K,
+                                                      float* __restrict y, int64_t ldy, int nc) {
+  constexpr int U = R * P >= 8 ? 1 : (R * P >= 4 ? 2 : 4);
+  vec acc[U][R][P];
+#pragma GCC unroll 16
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j) acc[u][r][j] = vzero();
+  int64_t k = 0;
+  for (; k + U <= K; k += U) {
+#pragma GCC unroll 16
+    for (int u = 0; u < U; ++u) {
+      // Keep the memory stream busy while the FMAs run: fetch the panel 4 KB ahead (a k row of a
+      // float panel is one 64-byte line).
+      __builtin_prefetch(panel + (k + u + SKINNY_PREFETCH) * NB);
+      vec w[P];
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j) w[j] = vload(panel + (k + u) * NB + j * W);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const vec xb = vset1(x[r * ldx + k + u]);
+#pragma GCC unroll 16
+        for (int j = 0; j < P; ++j) acc[u][r][j] = vfma(xb, w[j], acc[u][r][j]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    vec w[P];
+#pragma GCC unroll 16
+    for (int j = 0; j < P; ++j) w[j] = vload(panel + k * NB + j * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const vec xb = vset1(x[r * ldx + k]);
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j) acc[0][r][j] = vfma(xb, w[j], acc[0][r][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int u = 1; u < U; ++u)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j) acc[0][r][j] = vadd(acc[0][r][j], acc[u][r][j]);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    if (nc == NB) {
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j) vstore(y + r * ldy + j * W, acc[0][r][j]);
+    } else {
+      float tmp[NB];
+      for (int j = 0; j < P; ++j) vstore(tmp + j * W, acc[0][r][j]);
+      std::memcpy(y + r * ldy, tmp, sizeof(float) * nc);
+    }
+  }
+}
+
+// All `rows` rows against one panel, in as few tiles as possible, of near-equal size (8 rows as 4 + 4
+// rather than 6 + 2: a tile of few rows has too few independent FMA chains to hide their latency).
+template <int MR, typename W>
+static void tile_rows(const float* x, int64_t rows, int64_t K, const W* panel, float* y, int64_t N, int nc) {
+  const int64_t tiles = (rows + MR - 1) / MR;
+  for (int64_t t = 0, m = 0; t < tiles; ++t) {
+    const int r = int((rows - m) / (tiles - t));  // rows left spread over the tiles left
+    const float* xt = x + m * K;
+    float* yt = y + m * N;
+    switch (r) {
+#define SKINNY_ROWS(n) case n: if constexpr (n <= MR) tile<n>(xt, K, panel, K, yt, N, nc); break;
+      SKINNY_ROWS(1) SKINNY_ROWS(2) SKINNY_ROWS(3) SKINNY_ROWS(4) SKINNY_ROWS(5) SKINNY_ROWS(6)
+      SKINNY_ROWS(7) SKINNY_ROWS(8) SKINNY_ROWS(9) SKINNY_ROWS(10) SKINNY_ROWS(11) SKINNY_ROWS(12)
+#undef SKINNY_ROWS
+      default: break;
+    }
+    m += r;
+  }
+}
+
+// Panels [p0, p1) of y = x @ W, all M rows (blocked by MB rows so an x block stays in cache).
+template <int MR, typename W>
+static void run_panels(const float* x, int64_t M, int64_t K, const W* panels, int64_t N, float* y,
+                       int64_t p0, int64_t p1) {
+  constexpr int64_t MB = MR * 8;
+  for (int64_t m0 = 0; m0 < M; m0 += MB) {
+    const int64_t rows = M - m0 < MB ? M - m0 : MB;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t left = N - p * NB;
+      const int nc = left < NB ? int(left) : NB;
+      tile_rows<MR>(x + m0 * K, rows, K, panels + p * K * NB, y + m0 * N + p * NB, N, nc);
+    }
+  }
+}
+
+void run_f32(const float* x, int64_t M, int64_t K, const float* panels, int64_t N, float* y,
+             int64_t p0, int64_t p1) {
+  run_panels<SKINNY_MR>(x, M, K, panels, N, y, p0, p1);
+}
+
+void run_bf16(const float* x, int64_t M, int64_t K, const uint16_t* panels, int64_t N, float* y,
+              int64_t p0, int64_t p1) {
+  run_panels<SKINNY_MR>(x, M, K, panels, N, y, p0, p1);
+}
+
+}  // namespace SKINNY_NS
+}  // namespace specjax_skinny

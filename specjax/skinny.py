@@ -1,0 +1,226 @@
+"""Skinny matmuls on CPU: y[M, N] = x[M, K] @ W[K, N] for few rows M, through a C++ kernel called
+from XLA (jax.ffi), with W re-laid-out once at load.
+
+XLA:CPU runs a dot of 2..64 rows through a GEMM that re-packs the whole weight matrix on every call,
+so verifying a tree of 8 tokens costs far more than one token although it reads the same weight
+bytes. The kernel (specjax/kernels/) reads each weight once per call straight from a panel layout,
+keeps the rows of x in registers, splits the columns over XLA's intra-op threads and uses AVX-512,
+AVX2 or baseline vector code as the processor allows.
+
+    packed = pack(w)                  # W [K, N] -> PackedWeight, data [NP, K, 16] (f32 or bf16)
+    y = matmul(x, packed)             # x [..., K] -> [..., N] in float32
+    rows = packed.columns(ids)        # W[:, ids] -> [..., K]: a tied embedding read from its packed head
+    params = pack_params(params, cfg) # every weight matmul of a model, for inference on CPU
+
+`pack_params` returns the params unchanged (with a one-line note, once) when the kernel cannot be
+used: not built and no compiler, a load failure, or SPECJAX_SKINNY=0. Packed params run only on CPU
+(the engine packs only when the params live there and no mesh is given); GPU and TPU keep XLA's dot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NB = 16  # panel width (columns), fixed by the kernel
+MAX_ROWS = 64  # above this many rows XLA's GEMM (which packs once and reuses) is used instead
+
+_KERNELS = Path(__file__).resolve().parent / "kernels"
+_TARGETS = {jnp.dtype(jnp.float32): "specjax_skinny_f32", jnp.dtype(jnp.bfloat16): "specjax_skinny_bf16"}
+
+
+@flax.struct.dataclass
+class PackedWeight:
+    """W [K, N] as panels data [NP, K, 16] (NP = ceil(N / 16), zero past N). n = N is static."""
+
+    data: jax.Array
+    n: int = flax.struct.field(pytree_node=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.data.shape[1], self.n)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def unpack(self) -> jax.Array:
+        """W [K, N] (a transposing copy: for the rare many-row matmul, not per step)."""
+        NP, K, _ = self.data.shape
+        return jnp.swapaxes(self.data, 0, 1).reshape(K, NP * NB)[:, : self.n]
+
+    def columns(self, ids) -> jax.Array:
+        """W[:, ids] as [..., K] for int ids [...] (a gather of K elements with stride 16 each)."""
+        return self.data[ids // NB, :, ids % NB]
+
+
+def pack(w, dtype=None) -> PackedWeight:
+    """W [K, N] (numpy or jax) -> PackedWeight, on the host; dtype float32 (default: w's) or bfloat16."""
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"pack takes a 2-D weight [K, N], got shape {w.shape}")
+    dtype = jnp.dtype(dtype or (jnp.float32 if w.dtype != jnp.bfloat16 else jnp.bfloat16))
+    if dtype not in _TARGETS:
+        raise ValueError(f"the skinny kernel stores float32 or bfloat16 weights, not {dtype}")
+    K, N = w.shape
+    NP = -(-N // NB)
+    padded = np.zeros((K, NP * NB), np.float32)
+    padded[:, :N] = w.astype(np.float32)
+    data = np.ascontiguousarray(padded.reshape(K, NP, NB).transpose(1, 0, 2)).astype(dtype)
+    return PackedWeight(data=jnp.asarray(data), n=N)
+
+
+def matmul(x, w: PackedWeight):
+    """x [..., K] @ W [K, N] -> [..., N] float32 (x is taken as float32; accumulation in float32).
+
+    The kernel serves up to MAX_ROWS rows; more rows (a prefill) go to XLA's dot over w.unpack()."""
+    *lead, K = x.shape
+    if K != w.shape[0]:
+        raise ValueError(f"matmul: x has {K} features but the packed weight expects {w.shape[0]}")
+    rows = int(np.prod(lead)) if lead else 1
+    x = x.astype(jnp.float32)
+    if rows > MAX_ROWS:
+        return x @ w.unpack().astype(jnp.float32)
+    out = jax.ShapeDtypeStruct((*lead, w.n), jnp.float32)
+    return jax.ffi.ffi_call(_TARGETS[jnp.dtype(w.dtype)], out)(x, w.data, n=np.int64(w.n))
+
+
+# ----------------------------------------------------------------------------- the library
+
+
+class KernelUnavailable(RuntimeError):
+    pass
+
+
+def _cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("specjax")) / "kernels"
+
+
+def _open(path: Path, want: str):
+    """The library at path if it loads and was built from these sources and this jaxlib, else None."""
+    if not path.is_file() or path.stat().st_size == 0:  # setup.py leaves an empty file when it failed
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    lib.specjax_skinny_build_id.restype = ctypes.c_char_p
+    return lib if lib.specjax_skinny_build_id() == want.encode() else None
+
+
+def _find_or_build():
+    """The built library: the one pip install built next to the sources, else the user cache's (built
+    there now if missing or stale, e.g. after a jaxlib upgrade)."""
+    from specjax.kernels import build as kbuild  # no jax import: setup.py uses it too
+
+    try:
+        want = kbuild.source_hash()
+    except kbuild.BuildError as e:
+        raise KernelUnavailable(str(e)) from None
+    for path in [*sorted(_KERNELS.glob("_skinny*.so")), _cache_dir() / kbuild.LIBRARY]:
+        lib = _open(path, want)
+        if lib is not None:
+            return lib
+    try:
+        path = kbuild.build(_cache_dir())
+    except kbuild.BuildError as e:
+        raise KernelUnavailable(f"could not build it: {str(e).splitlines()[0]}") from None
+    lib = _open(path, want)
+    if lib is None:
+        raise KernelUnavailable(f"{path} was built but does not load")
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> str:
+    """Loads and registers the kernel once; returns its instruction set. Raises KernelUnavailable."""
+    if os.environ.get("SPECJAX_SKINNY", "1").strip().lower() in ("0", "off", "false", "no"):
+        raise KernelUnavailable("disabled by SPECJAX_SKINNY=0")
+    lib = _find_or_build()
+    lib.specjax_skinny_isa.restype = ctypes.c_char_p
+    isa = lib.specjax_skinny_isa()
+    if isa is None:
+        raise KernelUnavailable(f"SPECJAX_SKINNY_ISA={os.environ.get('SPECJAX_SKINNY_ISA')} names an "
+                                "instruction set this processor lacks")
+    jax.ffi.register_ffi_target("specjax_skinny_f32", jax.ffi.pycapsule(lib.SpecjaxSkinnyF32), platform="cpu")
+    jax.ffi.register_ffi_target("specjax_skinny_bf16", jax.ffi.pycapsule(lib.SpecjaxSkinnyBF16), platform="cpu")
+    return isa.decode()
+
+
+def status() -> tuple[bool, str]:
+    """(usable, one line saying which kernel runs or why XLA's dot is used instead)."""
+    try:
+        isa = _load()
+    except KernelUnavailable as e:
+        return False, f"specjax: CPU skinny-matmul kernel not used ({e}); XLA's dot is used instead"
+    return True, f"specjax: CPU skinny-matmul kernel ({isa})"
+
+
+@functools.lru_cache(maxsize=None)
+def _note(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def available() -> bool:
+    ok, line = status()
+    if not ok:
+        _note(line)
+    return ok
+
+
+# ----------------------------------------------------------------------------- model params
+
+# Weights that the model multiplies with `model.dense` (2-D views: q [D, H, A] is used as [D, H*A]).
+_LAYER_WEIGHTS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def on_cpu(params) -> bool:
+    """Whether every leaf lives on a CPU device (host numpy arrays: whether JAX's default backend is
+    the CPU, where jit would put them)."""
+    def cpu(leaf):
+        devices = getattr(leaf, "devices", None)
+        if devices is None:
+            return jax.default_backend() == "cpu"
+        return all(d.platform == "cpu" for d in devices())
+
+    leaves = jax.tree.leaves(params)
+    return bool(leaves) and all(cpu(l) for l in leaves)
+
+
+def pack_params(params: dict, cfg, dtype=None) -> dict:
+    """Inference params with every weight matmul packed for the kernel (the LM head too; a tied
+    embedding is replaced by its packed head, whose columns are the embedding rows). Unchanged when
+    the kernel is unavailable, the params are not on CPU, or they are packed already."""
+    if not available() or not on_cpu(params) or is_packed(params):
+        return params
+    out = dict(params)
+    out["layers"] = []
+    for lp in params["layers"]:
+        lp = dict(lp)
+        for name in _LAYER_WEIGHTS:
+            if name in lp:  # q/k/v [D, H, A] as [D, H*A]; o [H, A, D] as [H*A, D]; the rest 2-D
+                w = np.asarray(lp[name])
+                lp[name] = pack(w.reshape(w.shape[0], -1) if name in ("q", "k", "v") else
+                                w.reshape(-1, w.shape[-1]), dtype)
+        out["layers"].append(lp)
+    for name in ("project_in", "project_out", "lm_head"):
+        if name in params:
+            out[name] = pack(params[name], dtype)
+    if cfg.tie_word_embeddings:
+        out["embed"] = pack(np.asarray(params["embed"]).T, dtype)
+    return out
+
+
+def is_packed(params) -> bool:
+    return any(isinstance(l, PackedWeight) for l in
+               jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, PackedWeight)))

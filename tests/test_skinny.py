@@ -1,0 +1,209 @@
+"""The CPU skinny-matmul kernel (specjax.skinny, specjax/kernels/): parity with float64 and XLA's dot on
+awkward shapes, bf16 weights, every instruction set this processor has, use inside jit loops, the
+packed model against the unpacked one, and the fallback when the kernel is disabled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from specjax import model as M
+from specjax import skinny
+from specjax.config import ModelConfig
+from specjax.engine import Engine, LoadedModel
+from specjax.tree import TreeConfig
+
+# Nothing here is skipped: where tests run (CI included) the kernel must build (a C++ compiler and
+# jaxlib's headers); test_kernel_is_available fails with the reason when it does not.
+
+# M rows (1..64, tiles of every remainder), K (1, odd, > one panel's L1 share), N (< one panel, not a
+# multiple of 16, several thread chunks).
+SHAPES = [(1, 1, 1), (1, 7, 15), (2, 33, 16), (3, 64, 17), (5, 100, 33), (6, 577, 100), (7, 576, 1536),
+          (8, 576, 1537), (11, 96, 200), (13, 129, 49), (16, 576, 1536), (17, 300, 31), (31, 64, 257),
+          (33, 50, 65), (48, 577, 96), (63, 31, 300), (64, 576, 1536)]
+
+
+def rel_err(got, want) -> float:
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def case(m, k, n, seed=0):
+    rng = np.random.default_rng(seed + 1000 * m + k + n)
+    return rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+
+
+def test_kernel_is_available():
+    ok, line = skinny.status()
+    assert ok and "kernel (" in line, line
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_matches_float64_and_xla(m, k, n):
+    x, w = case(m, k, n)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    got = skinny.matmul(jnp.asarray(x), skinny.pack(w))
+    assert got.shape == (m, n) and got.dtype == jnp.float32
+    assert rel_err(got, want) < 1e-5
+    xla = np.asarray(jnp.asarray(x) @ jnp.asarray(w))
+    assert rel_err(got, xla.astype(np.float64)) < 1e-5
+
+
+def test_bf16_weights_are_widened_exactly():
+    x, w = case(16, 577, 1537)
+    w_bf16 = w.astype(ml_dtypes.bfloat16)
+    want = x.astype(np.float64) @ w_bf16.astype(np.float64)  # the rounding is the storage's, nothing else
+    packed = skinny.pack(w, jnp.bfloat16)
+    assert packed.data.dtype == jnp.bfloat16
+    assert rel_err(skinny.matmul(jnp.asarray(x), packed), want) < 1e-5
+
+
+def test_leading_dims_many_rows_and_columns():
+    x, w = case(2 * 3 * 5, 40, 70)
+    packed = skinny.pack(w)
+    x3 = jnp.asarray(x.reshape(2, 3, 5, 40))
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    assert rel_err(skinny.matmul(x3, packed).reshape(30, 70), want) < 1e-5
+    # More rows than the kernel serves: XLA's dot over the unpacked weight, same result.
+    xb, _ = case(skinny.MAX_ROWS + 1, 40, 70)
+    assert rel_err(skinny.matmul(jnp.asarray(xb), packed), xb.astype(np.float64) @ w) < 1e-5
+    np.testing.assert_array_equal(np.asarray(packed.unpack()), w)
+    ids = jnp.asarray([[0, 69], [16, 17]])
+    np.testing.assert_array_equal(np.asarray(packed.columns(ids)), np.moveaxis(w[:, np.asarray(ids)], 0, -1))
+
+
+def test_inside_jitted_while_loop():
+    x, w = case(4, 64, 80)  # [4, 64] @ [64, 80], the first 64 columns fed back
+    packed = skinny.pack(w * 0.1)
+
+    @jax.jit
+    def run(x, packed):
+        return jax.lax.fori_loop(0, 5, lambda i, h: jnp.tanh(skinny.matmul(h, packed)[:, :64]), x)
+
+    h = x.astype(np.float64)
+    for _ in range(5):
+        h = np.tanh((h @ (w * 0.1).astype(np.float64))[:, :64])
+    assert rel_err(run(jnp.asarray(x), packed), h) < 1e-5
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="2-D weight"):
+        skinny.pack(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        skinny.pack(np.zeros((2, 3), np.float32), jnp.float16)
+    with pytest.raises(ValueError, match="3 features but the packed weight expects 4"):
+        skinny.matmul(jnp.zeros((1, 3)), skinny.pack(np.zeros((4, 5), np.float32)))
+
+
+def test_every_instruction_set_this_processor_has():
+    """The ISA is chosen once per process: each variant is checked in a subprocess of its own."""
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np, jax.numpy as jnp
+        from specjax import skinny
+        ok, line = skinny.status()
+        if not ok:
+            print(json.dumps({"ok": ok, "line": line, "err": 0.0}))
+            sys.exit(0)
+        errs = []
+        for m, k, n in [(1, 577, 1537), (7, 64, 17), (12, 96, 200), (16, 576, 1536), (64, 33, 65)]:
+            rng = np.random.default_rng(m)
+            x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+            want = x.astype(np.float64) @ w
+            for dt in (jnp.float32, jnp.bfloat16):
+                ref = want if dt == jnp.float32 else x.astype(np.float64) @ np.asarray(jnp.asarray(w, dt), np.float64)
+                got = np.asarray(skinny.matmul(jnp.asarray(x), skinny.pack(w, dt)), np.float64)
+                errs.append(float(np.max(np.abs(got - ref)) / np.max(np.abs(ref))))
+        print(json.dumps({"ok": ok, "line": line, "err": max(errs)}))
+    """)
+    isas = ["generic", "avx2", "avx512"] if os_machine() == "x86_64" else ["generic"]
+    ran = []
+    for isa in isas:
+        env = dict(os.environ, SPECJAX_SKINNY_ISA=isa, JAX_PLATFORMS="cpu")
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        if not res["ok"]:  # this processor lacks it: a clear line (the engine then keeps XLA's dot)
+            assert "lacks" in res["line"], res["line"]
+        else:
+            assert f"({isa})" in res["line"]
+            ran.append(isa)
+        assert res["err"] < 1e-5, (isa, res)
+    assert "generic" in ran and (os_machine() != "x86_64" or "avx2" in ran or "avx512" in ran)
+
+
+def os_machine() -> str:
+    import platform
+
+    return platform.machine()
+
+
+# ----------------------------------------------------------------------------- inside the model
+
+TINY = ModelConfig(family="llama", vocab_size=67, hidden_size=48, intermediate_size=80, num_layers=2,
+                   num_heads=4, num_kv_heads=2, head_dim=12, max_position_embeddings=256,
+                   tie_word_embeddings=True, eos_token_ids=(2,))
+
+
+def test_packed_model_matches_unpacked():
+    params = M.init_params(TINY, jax.random.PRNGKey(0), std=0.2)
+    packed = skinny.pack_params(params, TINY)
+    assert skinny.is_packed(packed) and isinstance(packed["embed"], skinny.PackedWeight)
+    assert skinny.pack_params(packed, TINY) is packed  # packing twice is a no-op
+    logits = jax.jit(M.causal_logits, static_argnums=1)
+    toks = jnp.asarray(np.random.default_rng(0).integers(0, 67, (3, 9)))  # 27 rows: the kernel
+    np.testing.assert_allclose(np.asarray(logits(packed, TINY, toks)), np.asarray(logits(params, TINY, toks)),
+                               atol=1e-5, rtol=1e-5)
+    toks = jnp.asarray(np.random.default_rng(1).integers(0, 67, (2, 40)))  # 80 rows: XLA over unpacked
+    np.testing.assert_allclose(np.asarray(logits(packed, TINY, toks)), np.asarray(logits(params, TINY, toks)),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_engine_output_same_with_and_without_kernel():
+    llm = LoadedModel(M.init_params(TINY, jax.random.PRNGKey(1), std=0.3), TINY)
+    ssm_cfg = TINY.__class__(**{**TINY.__dict__, "num_layers": 1})
+    ssm = LoadedModel(M.init_params(ssm_cfg, jax.random.PRNGKey(2), std=0.3), ssm_cfg)
+    tree = TreeConfig(expansion=(1, 2, 1))
+    prompts = [[5, 6, 7], list(range(3, 20)), [9]]
+    on = Engine(llm, [ssm], tree)
+    off = Engine(llm, [ssm], tree, cpu_kernel=False)
+    assert on.cpu_kernel and not off.cpu_kernel and skinny.is_packed(on.ssms[0].params)
+    for run in ("generate_incremental", "generate_spec"):
+        a = [r.token_ids for r in getattr(on, run)(prompts, max_new_tokens=24)]
+        b = [r.token_ids for r in getattr(off, run)(prompts, max_new_tokens=24)]
+        assert a == b, run
+    bf16 = Engine(llm, [ssm], tree, weight_dtype="bfloat16")
+    assert bf16.llm.params["embed"].data.dtype == jnp.bfloat16
+    assert M.compute_dtype(bf16.llm.params) == jnp.float32
+    assert len(bf16.generate_spec(prompts, max_new_tokens=8)[0].token_ids) == 8
+
+
+def test_disabled_kernel_falls_back_in_one_line():
+    script = textwrap.dedent("""
+        import jax
+        from specjax import model as M, skinny
+        from specjax.config import ModelConfig
+        from specjax.engine import Engine, LoadedModel
+        cfg = ModelConfig(family="llama", vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=1,
+                          num_heads=2, num_kv_heads=1, head_dim=16, max_position_embeddings=64)
+        eng = Engine(LoadedModel(M.init_params(cfg, jax.random.PRNGKey(0), std=0.3), cfg))
+        print("packed", eng.cpu_kernel, eng.generate_incremental([[1, 2, 3]], max_new_tokens=6)[0].token_ids)
+    """)
+    outs = {}
+    for flag in ("0", "1"):
+        env = dict(os.environ, SPECJAX_SKINNY=flag, JAX_PLATFORMS="cpu")
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        outs[flag] = out
+    assert "packed False" in outs["0"].stdout and "packed True" in outs["1"].stdout
+    notes = [l for l in outs["0"].stderr.splitlines() if "skinny-matmul" in l]
+    assert notes == ["specjax: CPU skinny-matmul kernel not used (disabled by SPECJAX_SKINNY=0); XLA's dot is used instead"]
+    assert outs["0"].stdout.split("packed False")[1] == outs["1"].stdout.split("packed True")[1]
