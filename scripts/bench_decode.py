@@ -1,7 +1,7 @@
 """Incremental decoding speed on the default LLM, B=1, greedy: specjax vs transformers `generate`,
 measured side by side in one run, and specjax's step time against the memory roofline.
 
-    python scripts/bench_decode.py [--llm DIR] [--new-tokens 128] [--repeats 3]
+    python scripts/bench_decode.py [--llm DIR] [--new-tokens 128] [--repeats 3] [--batch-sizes 1,8]
 
 Prints per system the median tokens/s over alternating repeats (each system in its own process),
 their ratio, and the specjax step time over the roofline (weight bytes / measured memory read
@@ -19,8 +19,8 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+
+from specjax.bench.memory import read_bandwidth
 
 PROMPTS = [
     "Explain why the sky is blue in two sentences.",
@@ -29,22 +29,17 @@ PROMPTS = [
 ]
 
 
-def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
-    """Best bytes/s of a full read of an nbytes buffer: numpy (1 thread) and XLA (all threads)."""
-    a = np.ones(nbytes // 4, np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a.sum()
-        best = min(best, time.perf_counter() - t)
-    x = jnp.asarray(a)
-    f = jax.jit(lambda v: jnp.sum(v))
-    f(x).block_until_ready()
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best
+def batch_worker(llm_path: str | None, new_tokens: int, batch: int) -> dict:
+    """Incremental decoding of `batch` copies of the prompts (exactly new_tokens each): tokens/s."""
+    from specjax import api
+    from specjax.engine import Engine
+
+    llm = api.load(llm_path)
+    prompts = [llm.tokenizer.encode(PROMPTS[b % len(PROMPTS)], chat=True) for b in range(batch)]
+    engine = Engine(llm)
+    engine.generate_incremental(prompts, new_tokens, eos_ids=())  # warm-up: compilation
+    r = engine.generate_incremental(prompts, new_tokens, eos_ids=())
+    return {"rate": batch * new_tokens / r[0].seconds, "kernel": engine.cpu_kernel}
 
 
 def worker(system: str, llm_path: str | None, new_tokens: int) -> dict:
@@ -97,8 +92,14 @@ def main():
                                                  "transformers always loads the embedded GGUF)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--worker", choices=["specjax", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--batch-sizes", default="1,8", help="batched incremental throughput at these B "
+                                                         "(kernel vs XLA); empty to skip")
+    ap.add_argument("--worker", choices=["specjax", "transformers", "batch"], help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker == "batch":
+        print(json.dumps(batch_worker(args.llm, args.new_tokens, args.batch)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.llm, args.new_tokens)))
         return
@@ -120,19 +121,49 @@ def main():
 
     from specjax import api
 
+    from specjax.engine import Engine
+
     llm = api.load(args.llm)
-    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(llm.params))
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(llm.params))
+    kernel_on = Engine(llm).cpu_kernel
     del llm
-    bw = read_bandwidth(weight_bytes)
-    step, roofline = 1.0 / sj, weight_bytes / bw
+    bw = read_bandwidth(nbytes)
+    step, roofline = 1.0 / sj, nbytes / bw
     same = sum(a == b for a, b in zip(outputs["specjax"], outputs["transformers"]))
     print(f"specjax incremental: {sj:.1f} tokens/s (median of {len(results['specjax'])} runs)")
     print(f"transformers generate: {ht:.1f} tokens/s (median of {len(results['transformers'])} runs)")
     print(f"ratio specjax / transformers: {sj / ht:.2f}")
-    print(f"weights {weight_bytes / 1e6:.0f} MB, read bandwidth {bw / 1e9:.1f} GB/s, roofline "
+    print(f"(specjax with the CPU skinny-matmul kernel: {kernel_on})")
+    print(f"weights {nbytes / 1e6:.0f} MB, read bandwidth {bw / 1e9:.1f} GB/s, roofline "
           f"{roofline * 1e3:.1f} ms/token, specjax step {step * 1e3:.1f} ms (prefill included) = "
           f"{step / roofline:.2f} x roofline")
     print(f"greedy outputs identical to transformers (up to the first EOS): {same}/{len(PROMPTS)}")
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if sizes:
+        batched(args, sizes)
+
+
+def batched(args, sizes: list[int]) -> None:
+    import os
+
+    rates = {(path, b): [] for path in ("kernel", "xla") for b in sizes}
+    for _ in range(args.repeats):
+        for path in ("kernel", "xla"):
+            for b in sizes:
+                cmd = [sys.executable, __file__, "--worker", "batch", "--batch", str(b),
+                       "--new-tokens", str(args.new_tokens)] + (["--llm", args.llm] if args.llm else [])
+                env = dict(os.environ, SPECJAX_SKINNY="1" if path == "kernel" else "0")
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                if path == "kernel" and not r["kernel"]:
+                    print("(the kernel is unavailable here: both rows use XLA's dot)")
+                rates[(path, b)].append(r["rate"])
+    print(f"\nbatched incremental decoding, {args.new_tokens} tokens per row, median of {args.repeats}:")
+    print(f"{'B':>4} {'kernel tok/s':>13} {'x B=1':>6} {'XLA tok/s':>10} {'x B=1':>6}")
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for b in sizes:
+        k, x = med[("kernel", b)], med[("xla", b)]
+        print(f"{b:>4} {k:>13.1f} {k / med[('kernel', sizes[0])]:>6.2f} {x:>10.1f} {x / med[('xla', sizes[0])]:>6.2f}")
 
 
 if __name__ == "__main__":

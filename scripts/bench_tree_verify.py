@@ -1,49 +1,70 @@
-"""Cost of one LLM tree verification relative to one incremental step, on the default LLM, B=1.
+"""Cost of one LLM tree verification relative to one incremental step, on the default LLM, B=1, with
+the CPU skinny-matmul kernel and with XLA's dot, side by side in one run.
 
-    python scripts/bench_tree_verify.py [--llm DIR] [--nodes 1,4,8,16,32,64] [--repeats 30]
+    python scripts/bench_tree_verify.py [--llm DIR] [--nodes 1,2,4,8,16,32,64] [--repeats 30] [--bf16]
 
 For each tree size N (root included; N=1 is exactly an incremental step) it times the jitted LLM
 forward + LM head over N tokens with a tree mask (a random tree: the cost does not depend on the
-shape), at a committed prefix of --prefix tokens in a cache of --slots slots. Sizes are interleaved
-round-robin so machine drift hits all alike; it prints the median time and the ratio to N=1.
-With --breakdown it also times the decoder without the LM head, to say where the time goes
-(the two are timed one after the other, each interleaved over the sizes).
+shape), at a committed prefix of --prefix tokens in a cache of --slots slots, for each path: `xla`
+(the params as loaded), `kernel` (packed for specjax's CPU kernel, float32) and with --bf16 `kernel
+bf16` (weights stored in bf16). Every (path, size) is interleaved round-robin so machine drift hits
+all alike; it prints the median time, the ratio to the same path's N=1, and the one-token step over
+the memory roofline (the path's weight bytes / the measured read bandwidth).
+With --breakdown it also times the decoder without the LM head (XLA path), to say where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from specjax.tree_search import tree_forward_seconds
+from specjax.tree_search import tree_forward_seconds, tree_forward_seconds_by
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm", default=None)
-    ap.add_argument("--nodes", default="1,4,8,16,32,64")
+    ap.add_argument("--nodes", default="1,2,4,8,16,32,64")
     ap.add_argument("--prefix", type=int, default=100)
     ap.add_argument("--slots", type=int, default=320)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--bf16", action="store_true", help="also the kernel with bf16 weights")
     ap.add_argument("--breakdown", action="store_true")
     args = ap.parse_args()
 
-    from specjax import api
+    import jax.numpy as jnp
+
+    from specjax import api, skinny
+    from specjax.bench.memory import read_bandwidth, weight_bytes
 
     llm = api.load(args.llm)
     cfg = llm.cfg
     sizes = [int(s) for s in args.nodes.split(",")]
-    full = tree_forward_seconds(llm.params, cfg, sizes, args.prefix, args.slots, args.repeats)
+    variants = {"xla": llm.params}
+    ok, line = skinny.status()
+    print(line)
+    if ok:
+        variants["kernel"] = skinny.pack_params(llm.params, cfg)
+        if args.bf16:
+            variants["kernel bf16"] = skinny.pack_params(llm.params, cfg, jnp.bfloat16)
+    times = tree_forward_seconds_by(variants, cfg, sizes, args.prefix, args.slots, args.repeats)
+    bw = read_bandwidth(weight_bytes(llm.params))
+    print(f"read bandwidth {bw / 1e9:.1f} GB/s (best full read of a buffer of the weights' size)")
+    header = f"{'nodes':>6}" + "".join(f" {v + ' ms':>16} {'x 1':>6}" for v in variants)
+    print(header)
+    for n in sizes:
+        print(f"{n:>6}" + "".join(f" {times[v][n] * 1e3:>16.1f} {times[v][n] / times[v][sizes[0]]:>6.2f}"
+                                  for v in variants))
+    for v, params in variants.items():
+        roof = weight_bytes(params) / bw
+        print(f"{v}: weights {weight_bytes(params) / 1e6:.0f} MB, roofline {roof * 1e3:.1f} ms, "
+              f"one-token step {times[v][sizes[0]] * 1e3:.1f} ms = {times[v][sizes[0]] / roof:.2f} x roofline")
+    if "kernel" in variants:
+        print("kernel / xla per size: " + " ".join(f"{n}:{times['kernel'][n] / times['xla'][n]:.2f}" for n in sizes))
     if args.breakdown:
         decoder = tree_forward_seconds(llm.params, cfg, sizes, args.prefix, args.slots, args.repeats, head=False)
-    base = full[sizes[0]]
-    print(f"{'nodes':>6} {'verify ms':>10} {'x 1 token':>10}" + (f" {'decoder ms':>11} {'head ms':>8}" if args.breakdown else ""))
-    for n in sizes:
-        t = full[n]
-        line = f"{n:>6} {t * 1e3:>10.1f} {t / base:>10.2f}"
-        if args.breakdown:
-            d = decoder[n]
-            line += f" {d * 1e3:>11.1f} {(t - d) * 1e3:>8.1f}"
-        print(line)
+        print(f"{'nodes':>6} {'xla decoder ms':>15} {'head ms':>8}")
+        for n in sizes:
+            print(f"{n:>6} {decoder[n] * 1e3:>15.1f} {(times['xla'][n] - decoder[n]) * 1e3:>8.1f}")
 
 
 if __name__ == "__main__":

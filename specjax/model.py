@@ -131,9 +131,11 @@ def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots,
     """One attention block. x [B, T, D]; returns (out [B, T, D], k_cache, v_cache)."""
     B, T, D = x.shape
     H, K, A = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = dense(x, lp["q"], D).reshape(B, T, H, A)
-    k = dense(x, lp["k"], D).reshape(B, T, K, A)
-    v = dense(x, lp["v"], D).reshape(B, T, K, A)
+    if "qkv" in lp:  # packed for the CPU kernel: q, k and v in one matmul
+        q, k, v = jnp.split(dense(x, lp["qkv"]), [H * A, (H + K) * A], axis=-1)
+    else:
+        q, k, v = dense(x, lp["q"], D), dense(x, lp["k"], D), dense(x, lp["v"], D)
+    q, k, v = q.reshape(B, T, H, A), k.reshape(B, T, K, A), v.reshape(B, T, K, A)
     if cfg.qkv_bias:
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
     if cfg.uses_rope:
@@ -155,16 +157,14 @@ def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots,
 
 
 def mlp(lp: dict, x, cfg: ModelConfig):
-    up = dense(x, lp["up"])
+    if "gate_up" in lp:  # packed for the CPU kernel: gate and up in one matmul
+        gate, up = jnp.split(dense(x, lp["gate_up"]), 2, axis=-1)
+    else:
+        gate, up = (dense(x, lp["gate"]) if "gate" in lp else None), dense(x, lp["up"])
     if cfg.mlp_bias:
         up = up + lp["up_bias"]
-    if "gate" in lp:
-        gate = dense(x, lp["gate"])
-        if cfg.mlp_bias:
-            gate = gate + lp["gate_bias"]
-        h = activation(cfg.activation, gate) * up
-    else:
-        h = activation(cfg.activation, up)
+        gate = None if gate is None else gate + lp["gate_bias"]
+    h = activation(cfg.activation, up) if gate is None else activation(cfg.activation, gate) * up
     out = dense(h, lp["down"])
     if cfg.mlp_bias:
         out = out + lp["down_bias"]

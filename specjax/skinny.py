@@ -180,7 +180,8 @@ def available() -> bool:
 
 # ----------------------------------------------------------------------------- model params
 
-# Weights that the model multiplies with `model.dense` (2-D views: q [D, H, A] is used as [D, H*A]).
+# Weights that the model multiplies with `model.dense` (2-D views: q [D, H, A] is used as [D, H*A]);
+# packed, q/k/v become one "qkv" [D, (H + 2K) A] and gate/up one "gate_up" [D, 2F].
 _LAYER_WEIGHTS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -207,11 +208,16 @@ def pack_params(params: dict, cfg, dtype=None) -> dict:
     out["layers"] = []
     for lp in params["layers"]:
         lp = dict(lp)
-        for name in _LAYER_WEIGHTS:
-            if name in lp:  # q/k/v [D, H, A] as [D, H*A]; o [H, A, D] as [H*A, D]; the rest 2-D
-                w = np.asarray(lp[name])
-                lp[name] = pack(w.reshape(w.shape[0], -1) if name in ("q", "k", "v") else
-                                w.reshape(-1, w.shape[-1]), dtype)
+        two_d = {name: np.asarray(lp.pop(name)) for name in _LAYER_WEIGHTS if name in lp}
+        # q/k/v [D, H, A] as [D, H*A]; o [H, A, D] as [H*A, D]; the rest are 2-D already.
+        two_d = {n: w.reshape(w.shape[0], -1) if n in ("q", "k", "v") else w.reshape(-1, w.shape[-1])
+                 for n, w in two_d.items()}
+        # One call (and one pass over the inputs) instead of three and two: model.attention / mlp
+        # split the outputs.
+        lp["qkv"] = pack(np.concatenate([two_d.pop("q"), two_d.pop("k"), two_d.pop("v")], axis=1), dtype)
+        if "gate" in two_d:
+            lp["gate_up"] = pack(np.concatenate([two_d.pop("gate"), two_d.pop("up")], axis=1), dtype)
+        lp.update({n: pack(w, dtype) for n, w in two_d.items()})
         out["layers"].append(lp)
     for name in ("project_in", "project_out", "lm_head"):
         if name in params:
