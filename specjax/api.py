@@ -51,7 +51,7 @@ class Generator:
     """An LLM, optional SSMs and a tree config, ready to generate text."""
 
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
-                 max_len: int | None = None, mode: str | None = None, mesh=None):
+                 max_len: int | None = None, mode: str | None = None, mesh=None, weight_dtype: str | None = None):
         self.llm = llm
         self.ssms = tuple(ssms)
         self.mode = mode or ("spec" if self.ssms else "incremental")
@@ -61,13 +61,16 @@ class Generator:
             raise EngineError("--mode spec needs at least one SSM (--ssm DIR)")
         self.tree = tree or TreeConfig(num_ssms=max(len(self.ssms), 1))
         self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len,
-                             mesh=mesh)
+                             mesh=mesh, weight_dtype=weight_dtype)
+        if mesh is None:  # the engine's (possibly packed) weights only: no second copy stays alive
+            self.llm, self.ssms = self.engine.llm, self.engine.ssms
 
     @classmethod
     def load(cls, llm: str | None = None, ssms: Sequence[str] = (), tree: str | None = None,
              node_budget: int = 64, max_len: int | None = None, mode: str | None = None,
-             mesh=None) -> "Generator":
-        """mesh: "dp=2,tp=4" (see specjax.sharding.parse_mesh) or a jax.sharding.Mesh; None: one device."""
+             mesh=None, weight_dtype: str | None = None) -> "Generator":
+        """mesh: "dp=2,tp=4" (see specjax.sharding.parse_mesh) or a jax.sharding.Mesh; None: one device.
+        weight_dtype: "bfloat16" stores the weights in bf16 for the CPU kernel (see Engine)."""
         from specjax import sharding
 
         if isinstance(mesh, str):
@@ -87,7 +90,8 @@ class Generator:
         if ssm_models:
             tree_cfg = (TreeConfig.parse(tree, num_ssms=len(ssm_models), node_budget=node_budget) if tree
                         else TreeConfig(num_ssms=len(ssm_models), node_budget=node_budget))
-        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh)
+        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh,
+                   weight_dtype=weight_dtype)
 
     def describe(self) -> str:
         c = self.llm.cfg

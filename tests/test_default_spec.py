@@ -36,7 +36,12 @@ def test_default_llm_speculative_equals_incremental(default_llm_dir):
     llm = api.load(str(default_llm_dir))
     prompts = [llm.tokenizer.encode(p, chat=True) for p in PROMPTS]
     ssm = noisy_drafter(llm, 0.1, seed=0)
-    inc = Engine(llm).generate_incremental(prompts, 128, eos_ids=())
+    engine = Engine(llm)
+    assert engine.cpu_kernel  # on CPU the engine runs the skinny-matmul kernel (specjax.skinny)
+    inc = engine.generate_incremental(prompts, 128, eos_ids=())
+    # The same greedy tokens with XLA's dot instead of the kernel (issue 12's parity on 20 x 128).
+    xla = Engine(llm, cpu_kernel=False).generate_incremental(prompts, 128, eos_ids=())
+    assert [r.token_ids for r in xla] == [r.token_ids for r in inc]
     spec_engine = Engine(llm, ssms=[ssm], tree=TreeConfig(expansion=(1, 2, 1)))
     spec = []
     for i in range(0, len(prompts), 10):

@@ -57,6 +57,17 @@ def test_matches_float64_and_xla(m, k, n):
     assert rel_err(got, xla.astype(np.float64)) < 1e-5
 
 
+def test_a_row_does_not_depend_on_the_batch():
+    """Bitwise: a tree verification computes the same floats for a row as an incremental step."""
+    x, w = case(37, 577, 300)
+    packed = skinny.pack(w)
+    full = np.asarray(skinny.matmul(jnp.asarray(x), packed))
+    for m in (1, 2, 5, 13):
+        np.testing.assert_array_equal(np.asarray(skinny.matmul(jnp.asarray(x[:m]), packed)), full[:m])
+    alone = np.concatenate([np.asarray(skinny.matmul(jnp.asarray(x[i:i + 1]), packed)) for i in range(37)])
+    np.testing.assert_array_equal(alone, full)
+
+
 def test_bf16_weights_are_widened_exactly():
     x, w = case(16, 577, 1537)
     w_bf16 = w.astype(ml_dtypes.bfloat16)

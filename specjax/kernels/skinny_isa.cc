@@ -30,7 +30,6 @@ static inline vec vload(const uint16_t* p) {
 static inline vec vset1(float s) { return _mm512_set1_ps(s); }
 static inline vec vzero() { return _mm512_setzero_ps(); }
 static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 static inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
 #elif defined(__AVX2__) && defined(__FMA__)
 typedef __m256 vec;
@@ -42,7 +41,6 @@ static inline vec vload(const uint16_t* p) {
 static inline vec vset1(float s) { return _mm256_set1_ps(s); }
 static inline vec vzero() { return _mm256_setzero_ps(); }
 static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 static inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
 #elif defined(__SSE2__)
 typedef __m128 vec;
@@ -54,7 +52,6 @@ static inline vec vload(const uint16_t* p) {
 static inline vec vset1(float s) { return _mm_set1_ps(s); }
 static inline vec vzero() { return _mm_setzero_ps(); }
 static inline vec vfma(vec a, vec b, vec c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
-static inline vec vadd(vec a, vec b) { return _mm_add_ps(a, b); }
 static inline void vstore(float* p, vec v) { _mm_storeu_ps(p, v); }
 #else  // portable scalar code (the compiler may vectorize it)
 typedef float vec;
@@ -69,7 +66,6 @@ static inline vec vload(const uint16_t* p) {
 static inline vec vset1(float s) { return s; }
 static inline vec vzero() { return 0.f; }
 static inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
-static inline vec vadd(vec a, vec b) { return a + b; }
 static inline void vstore(float* p, vec v) { *p = v; }
 #endif
 constexpr int P = NB / W;  // registers per panel row
@@ -78,39 +74,23 @@ constexpr int P = NB / W;  // registers per panel row
 #endif
 
 // y[r, 0:nc] = sum_k x[r, k] * panel[k, 0:nc] for r < R: R x P accumulators stay in registers while
-// the panel streams through once. A tile of few rows also splits k over U accumulator sets (summed at
-// the end), so that at least 8 independent FMA chains hide the FMA latency.
+// the panel streams through once. Each output is one FMA chain over k in order, whatever R is, so a
+// row's result does not depend on how many rows share the call (a tree verification computes the same
+// floats as an incremental step). Few rows leave the FMA units idle, but they are far faster than
+// memory then.
 template <int R, typename WT>
 static inline __attribute__((always_inline)) void tile(const float* __restrict x, int64_t ldx,
                                                       const WT* __restrict panel, int64_t K,
                                                       float* __restrict y, int64_t ldy, int nc) {
-  constexpr int U = R * P >= 8 ? 1 : (R * P >= 4 ? 2 : 4);
-  vec acc[U][R][P];
+  vec acc[R][P];
 #pragma GCC unroll 16
-  for (int u = 0; u < U; ++u)
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int j = 0; j < P; ++j) acc[u][r][j] = vzero();
-  int64_t k = 0;
-  for (; k + U <= K; k += U) {
-#pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) {
-      // Keep the memory stream busy while the FMAs run: fetch the panel 4 KB ahead (a k row of a
-      // float panel is one 64-byte line).
-      __builtin_prefetch(panel + (k + u + SKINNY_PREFETCH) * NB);
-      vec w[P];
-#pragma GCC unroll 16
-      for (int j = 0; j < P; ++j) w[j] = vload(panel + (k + u) * NB + j * W);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const vec xb = vset1(x[r * ldx + k + u]);
-#pragma GCC unroll 16
-        for (int j = 0; j < P; ++j) acc[u][r][j] = vfma(xb, w[j], acc[u][r][j]);
-      }
-    }
-  }
-  for (; k < K; ++k) {
+    for (int j = 0; j < P; ++j) acc[r][j] = vzero();
+  for (int64_t k = 0; k < K; ++k) {
+    // Keep the memory stream busy while the FMAs run: fetch the panel 4 KB ahead (a k row of a
+    // float panel is one 64-byte line).
+    __builtin_prefetch(panel + (k + SKINNY_PREFETCH) * NB);
     vec w[P];
 #pragma GCC unroll 16
     for (int j = 0; j < P; ++j) w[j] = vload(panel + k * NB + j * W);
@@ -118,23 +98,17 @@ static inline __attribute__((always_inline)) void tile(const float* __restrict x
     for (int r = 0; r < R; ++r) {
       const vec xb = vset1(x[r * ldx + k]);
 #pragma GCC unroll 16
-      for (int j = 0; j < P; ++j) acc[0][r][j] = vfma(xb, w[j], acc[0][r][j]);
+      for (int j = 0; j < P; ++j) acc[r][j] = vfma(xb, w[j], acc[r][j]);
     }
   }
-#pragma GCC unroll 16
-  for (int u = 1; u < U; ++u)
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int j = 0; j < P; ++j) acc[0][r][j] = vadd(acc[0][r][j], acc[u][r][j]);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     if (nc == NB) {
 #pragma GCC unroll 16
-      for (int j = 0; j < P; ++j) vstore(y + r * ldy + j * W, acc[0][r][j]);
+      for (int j = 0; j < P; ++j) vstore(y + r * ldy + j * W, acc[r][j]);
     } else {
       float tmp[NB];
-      for (int j = 0; j < P; ++j) vstore(tmp + j * W, acc[0][r][j]);
+      for (int j = 0; j < P; ++j) vstore(tmp + j * W, acc[r][j]);
       std::memcpy(y + r * ldy, tmp, sizeof(float) * nc);
     }
   }
