@@ -31,12 +31,13 @@ def load(path: str | None, mesh=None, split: dict | None = None) -> LoadedModel:
 
     if path is None:
         path = str(default_model.default_llm_dir())
+    # The tokenizer first: a .gguf's needs transformers' GGUF reader (torch), so it fails before any tensor work.
+    tok = None if checkpoint.is_checkpoint(path) and not has_tokenizer_files(path) else tokenizer.load_tokenizer(path)
     if mesh is not None:
         params, cfg = sharding.load_sharded(path, mesh, sharding.TP_SPLIT if split is None else split)
     else:
         params, cfg = checkpoint.load_model(path)
         params = jax.tree.map(jnp.asarray, params)  # on the device once, not copied in at every call
-    tok = None if checkpoint.is_checkpoint(path) and not has_tokenizer_files(path) else tokenizer.load_tokenizer(path)
     return LoadedModel(params=params, cfg=cfg, tokenizer=tok)
 
 
