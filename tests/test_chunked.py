@@ -76,11 +76,13 @@ def _plan(longest, bucket, slots, chunk):
 
 
 def test_prefill_plan_windows_and_last_chunk():
-    assert _plan(40, 64, 128, 16) == [(0, 16, 16), (16, 16, 32), (32, 16, 64)]
-    assert _plan(5924, 6144, 6208, 256)[-1] == (5888, 256, 6208)
-    assert len({w for _, _, w in _plan(5924, 6144, 6208, 256)}) == 6  # compiles: 256 .. 4096, then all slots
+    assert _plan(40, 64, 128, 16) == [(0, 16, 32), (16, 16, 32), (32, 16, 64)]
+    long = _plan(5924, 6144, 6208, 256)
+    assert long[0] == (0, 256, 1792) and long[-1] == (5888, 256, 6208) and len(long) == 24
+    assert sorted({w for _, _, w in long}) == [1792, 3328, 6208]  # three compiles: S/4, S/2, S (whole chunks)
     # a cache not a multiple of the chunk: the last chunk starts earlier, inside the cache
     assert _plan(100, 100, 100, 64) == [(0, 64, 64), (36, 64, 100)]
+    assert _plan(30, 32, 256, 256) == [(0, 32, 64)]  # a short prompt: one call, a quarter of the cache
     assert _plan(1, 16, 64, 256) == []  # a one-token prompt has nothing to prefill
 
 
