@@ -49,9 +49,20 @@ def source_tokenizer(path: str | os.PathLike) -> Any:
     return path
 
 
-def _atomic_dir(dst: Path, overwrite: bool) -> Path:
+def _check_destination(dst: Path, overwrite: bool) -> None:
+    """dst can take a checkpoint directory: not a file, empty or absent unless overwrite, its parent
+    writable."""
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst} is a file: give a directory to write the checkpoint to")
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise CheckpointError(f"{dst} exists and is not empty (pass --overwrite to replace it)")
+    parent = next((p for p in dst.absolute().parents if p.exists()), Path("/"))
+    if not os.access(parent, os.W_OK):
+        raise CheckpointError(f"{dst}: {parent} is not writable")
+
+
+def _atomic_dir(dst: Path, overwrite: bool) -> Path:
+    _check_destination(dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     make_readable(tmp)
@@ -68,8 +79,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: Any = np.floa
             progress: bool | None = None) -> Path:
     """HF directory or .gguf -> specjax checkpoint directory (written atomically)."""
     src, dst = Path(src), Path(dst)
-    flat, cfg = read_source(src, progress)
+    _check_destination(dst, overwrite)  # the cheap checks before converting any tensor
     tokenizer = source_tokenizer(src)
+    flat, cfg = read_source(src, progress)
     tmp = _atomic_dir(dst, overwrite)
     try:
         save_checkpoint(tmp, flat, cfg, tokenizer=tokenizer, dtype=dtype)
@@ -86,6 +98,7 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = 
     src, dst = Path(src), Path(dst)
     if not is_checkpoint(src):
         raise CheckpointError(f"{src} is not a specjax checkpoint (no specjax_config.json)")
+    _check_destination(dst, overwrite)
     params, cfg = load_checkpoint(src)
     tmp = _atomic_dir(dst, overwrite)
     try:

@@ -188,6 +188,12 @@ def gguf_tokenizer(path: str | os.PathLike):
     reader = open_gguf(path)
     if "tokenizer.ggml.model" not in reader.fields:
         return None
+    from specjax.tokenizer import TokenizerError, require_gguf_tokenizer_support
+
+    try:
+        require_gguf_tokenizer_support(path)
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from None
     from transformers import AutoTokenizer
 
     try:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +31,13 @@ def load(path: str | None, mesh=None, split: dict | None = None) -> LoadedModel:
 
     if path is None:
         path = str(default_model.default_llm_dir())
+    # The tokenizer first: a .gguf's needs transformers' GGUF reader (torch), so it fails before any tensor work.
+    tok = None if checkpoint.is_checkpoint(path) and not has_tokenizer_files(path) else tokenizer.load_tokenizer(path)
     if mesh is not None:
         params, cfg = sharding.load_sharded(path, mesh, sharding.TP_SPLIT if split is None else split)
     else:
         params, cfg = checkpoint.load_model(path)
         params = jax.tree.map(jnp.asarray, params)  # on the device once, not copied in at every call
-    tok = None if checkpoint.is_checkpoint(path) and not has_tokenizer_files(path) else tokenizer.load_tokenizer(path)
     return LoadedModel(params=params, cfg=cfg, tokenizer=tok)
 
 
@@ -113,17 +114,21 @@ class Generator:
         return tok.encode(row["prompt"], chat=chat)
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
-                     sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
-                     batch_size: int = 8) -> list[GenerationResult]:
-        """Token ids in, GenerationResults out, in batches of batch_size."""
+                     sampling: SamplingConfig = SamplingConfig(), seed: int = 0, batch_size: int = 8,
+                     on_result: Callable[[int, GenerationResult], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
+        """Token ids in, GenerationResults out, in batches of batch_size. on_result(i, result) is called
+        as request i finishes; should_stop() is polled between calls of the decode loop (True raises
+        specjax.interrupt.Interrupted)."""
+        if batch_size < 1:
+            raise EngineError(f"batch_size must be >= 1, got {batch_size}")
         eos = self.eos_ids()
         out: list[GenerationResult] = []
         for i in range(0, len(prompts), batch_size):
             batch = [list(p) for p in prompts[i:i + batch_size]]
-            if self.mode == "spec":
-                out += self.engine.generate_spec(batch, max_new_tokens, sampling, seed + i, eos)
-            else:
-                out += self.engine.generate_incremental(batch, max_new_tokens, sampling, seed + i, eos)
+            hook = None if on_result is None else (lambda b, r, i=i: on_result(i + b, r))
+            gen = self.engine.generate_spec if self.mode == "spec" else self.engine.generate_incremental
+            out += gen(batch, max_new_tokens, sampling, seed + i, eos, on_finish=hook, should_stop=should_stop)
         return out
 
     def eos_ids(self) -> tuple[int, ...]:
@@ -135,26 +140,36 @@ class Generator:
     def generate(self, prompts: Sequence[str], chat: bool = False, **kw) -> list[dict]:
         return self.generate_rows([{"prompt": p} for p in prompts], chat=chat, **kw)
 
-    def generate_rows(self, rows: Sequence[dict], chat: bool = False, **kw) -> list[dict]:
-        """Rows {"prompt": str} or {"prompt_ids": [...]} -> one output dict per row."""
+    def generate_rows(self, rows: Sequence[dict], chat: bool = False,
+                      on_row: Callable[[dict], None] | None = None, **kw) -> list[dict]:
+        """Rows {"prompt": str} or {"prompt_ids": [...]} -> one output dict per row (in row order);
+        on_row(dict) is called as each row finishes (its "index" says which). kw: generate_ids's."""
         ids = [self.encode_row(r, chat) for r in rows]
-        results = self.generate_ids(ids, **kw)
         batch_size = kw.get("batch_size", 8)
+        out: dict[int, dict] = {}
+
+        def done(i: int, res: GenerationResult) -> None:
+            out[i] = self.row_output(i, rows[i], res, batch_size)
+            if on_row is not None:
+                on_row(out[i])
+
+        self.generate_ids(ids, on_result=done, **kw)
+        return [out[i] for i in range(len(rows))]
+
+    def row_output(self, i: int, row: dict, res: GenerationResult, batch_size: int) -> dict:
         tok = self.llm.tokenizer
-        out = []
-        for i, (row, res) in enumerate(zip(rows, results)):
-            out.append({
-                "batch": i // batch_size,
-                "prompt": row.get("prompt"),
-                "prompt_ids": res.prompt_ids,
-                "text": tok.decode(res.token_ids) if tok is not None else None,
-                "token_ids": res.token_ids,
-                "llm_steps": res.llm_steps,
-                "accepted_per_step": res.accepted_per_step,
-                "mean_accepted": res.mean_accepted,
-                "acceptance_by_depth": res.acceptance_by_depth(self.tree.depth) if self.mode == "spec" else [],
-                "seconds": res.seconds,
-                "compile_seconds": res.compile_seconds,
-                "finish_reason": res.finish_reason,
-            })
-        return out
+        return {
+            "index": i,
+            "batch": i // batch_size,
+            "prompt": row.get("prompt"),
+            "prompt_ids": res.prompt_ids,
+            "text": tok.decode(res.token_ids) if tok is not None else None,
+            "token_ids": res.token_ids,
+            "llm_steps": res.llm_steps,
+            "accepted_per_step": res.accepted_per_step,
+            "mean_accepted": res.mean_accepted,
+            "acceptance_by_depth": res.acceptance_by_depth(self.tree.depth) if self.mode == "spec" else [],
+            "seconds": res.seconds,
+            "compile_seconds": res.compile_seconds,
+            "finish_reason": res.finish_reason,
+        }

@@ -2,7 +2,8 @@
 
     prompt ids -> pad into a length bucket -> prefill -> loop (incremental or speculative) -> results
 
-Nothing here runs per step: each batch is one call into a jitted prefill and one into a jitted loop.
+Nothing here runs per step: each batch is a call into a jitted prefill, then calls into a jitted loop of
+a bounded number of steps each (specjax.chunked: the host sees finished rows and Ctrl-C between them).
 Static shapes come from buckets (prompt length rounded up to a power of two, or above 512 to a
 multiple of 256; cache slots rounded up to a multiple of 64), so new prompt lengths in a bucket do not recompile.
 """
@@ -12,20 +13,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from specjax import model, sharding, skinny
+from specjax.chunked import run_chunked
 from specjax.config import ModelConfig
-from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill
+from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, step_room
+from specjax.prefill import plan as prefill_plan
+from specjax.prefill import prefill_chunk
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
 from specjax.incremental import incremental_loop
 from specjax.sampling import SamplingConfig
 from specjax.speculative import SpecConfig, SpecState, spec_loop
 from specjax.tree import TreeConfig
+
+
+_STEPS = jax.ShapeDtypeStruct((), jnp.int32)  # the loops' max_steps argument (traced), for compiling
 
 
 class EngineError(ValueError):
@@ -48,7 +55,8 @@ class GenerationResult:
     finish_reason: str
     llm_steps: int
     accepted_per_step: list[int]  # tokens emitted per LLM step (accepted + bonus)
-    seconds: float  # wall time of the batch this request ran in (prefill + loop, compilation excluded)
+    seconds: float  # wall time of the batch this request ran in until it finished (prefill + loop,
+    # compilation excluded); the batch's time is its requests' largest
     compile_seconds: float = 0.0  # compilation time spent for this batch (0 when cached)
 
     @property
@@ -65,6 +73,10 @@ class GenerationResult:
         return [sum(n - 1 >= d for n in steps) / max(len(steps), 1) for d in range(1, max_depth + 1)]
 
 
+PROGRESS_SECONDS = 3.0  # a long prefill reports its progress this often
+
+OnFinish = Callable[[int, GenerationResult], None]  # (row in the batch, its result)
+
 BUCKET_STEP = 256  # above 2 * BUCKET_STEP, buckets grow linearly
 
 
@@ -79,11 +91,6 @@ def prompt_bucket(n: int) -> int:
 
 def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "bucket"), donate_argnames=("cache",))
-def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int):
-    return prefill(params, cfg, cache, tokens, prompt_len, bucket)
 
 
 def _vocab(tokenizer) -> dict:
@@ -141,6 +148,7 @@ class Engine:
         self.max_len = max_len
         self._compiled: dict = {}
         self.compile_seconds = 0.0
+        self.progress: Callable[[str], None] | None = None  # called with a line on long prefills
         check_drafters(llm, self.ssms)
         if self.ssms:
             if tree is None:
@@ -166,15 +174,31 @@ class Engine:
     # -- shapes ---------------------------------------------------------------------------
     def _slot_limit(self) -> tuple[int, str] | None:
         """The most cache slots every model can serve exactly, and why: learned positions (OPT) do not
-        extrapolate, and a sliding window (Mistral) is not implemented, so sequences must fit in it."""
+        extrapolate, a RoPE model is trained up to max_position_embeddings, and a sliding window
+        (Mistral) is not implemented, so sequences must fit in it."""
         limits = []
         for name, m in (("the LLM", self.llm), *((f"SSM {i}", s) for i, s in enumerate(self.ssms))):
-            if not m.cfg.uses_rope:
-                limits.append((m.cfg.max_position_embeddings, f"{name}'s {m.cfg.max_position_embeddings} learned positions"))
+            n = m.cfg.max_position_embeddings
+            limits.append((n, f"{name}'s {n} learned positions" if not m.cfg.uses_rope else
+                           f"{name}'s context of {n} positions (max_position_embeddings)"))
             if m.cfg.sliding_window is not None:
                 limits.append((m.cfg.sliding_window, f"{name}'s sliding_window={m.cfg.sliding_window} "
                                                       "(not implemented, so sequences must fit in it)"))
         return min(limits, default=None)
+
+    def max_prompt_tokens(self, speculative: bool) -> tuple[int, str] | None:
+        """The longest prompt one request can have (its first step must fit after it), and what bounds
+        it: the context limit or max_len; None: unbounded."""
+        room = self.spec_room() if speculative else INCREMENTAL_ROOM
+        limit = self._slot_limit()
+        bounds = [] if limit is None else [(limit[0] - room + 1, limit[1])]
+        if self.max_len is not None:
+            bounds.append((self.max_len - room + 1, f"max_len={self.max_len} cache slots"))
+        return min(bounds, default=None)
+
+    def spec_room(self) -> int:
+        """Slots one speculative step needs from its root on (see decode_state.step_room)."""
+        return step_room(self.tree.num_nodes, self.tree.depth)
 
     def _num_slots(self, longest_prompt: int, max_new_tokens: int, room: int) -> int:
         need = longest_prompt - 1 + room  # the first step must fit after the prompt
@@ -211,8 +235,7 @@ class Engine:
         tokens, prompt_len = sharding.shard_rows((tokens, prompt_len), self.mesh)
         dtype = model.compute_dtype(self.llm.params)
         cache = sharding.new_cache(cfg, B, S, dtype, self.mesh)
-        cache = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
-                          dict(cfg=cfg, bucket=bucket))
+        cache = self.prefill(self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket)
         zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
         max_new = np.where(np.arange(B) < n, max_new_tokens, 0).astype(np.int32)
         state = DecodeState(
@@ -223,9 +246,28 @@ class Engine:
         )
         return sharding.shard_decode_state(state, cfg, self.mesh), bucket
 
+    def prefill(self, params, cfg: ModelConfig, cache, tokens, prompt_len, longest: int, bucket: int):
+        """The prompts' K/V into the cache, in chunks (specjax.prefill): memory bounded by the chunk,
+        a progress line every few seconds (self.progress) for long prompts."""
+        t0 = last = time.perf_counter()
+        steps = prefill_plan(longest, bucket, cache.num_slots)
+        for i, (start, chunk, window) in enumerate(steps):
+            cache = self._run("prefill", prefill_chunk, (params, cache, tokens, prompt_len, jnp.int32(start)),
+                              dict(cfg=cfg, chunk=chunk, window=window))
+            if self.progress is not None and i + 1 < len(steps) and time.perf_counter() - last > PROGRESS_SECONDS:
+                jax.block_until_ready(cache)
+                last = time.perf_counter()
+                self.progress(f"prefill: {min(start + chunk, longest - 1)}/{longest - 1} prompt tokens, "
+                              f"{last - t0:.0f}s")
+        return cache
+
     def _run(self, name: str, fn, args: tuple, static: dict):
         """Calls jitted fn, compiling ahead of time once per (static args, shapes) so that compile
         time is counted apart from run time."""
+        return self._executable(name, fn, args, static)(*args)
+
+    def _executable(self, name: str, fn, args: tuple, static: dict):
+        """jitted fn compiled for these static args and argument shapes (cached; compile time counted)."""
         shapes = jax.tree.map(lambda x: (x.shape, x.dtype, getattr(x, "sharding", None)), args)
         key = (name, tuple(sorted(static.items(), key=lambda kv: kv[0])), jax.tree.structure(args), str(shapes))
         exe = self._compiled.get(key)
@@ -234,36 +276,60 @@ class Engine:
             exe = fn.lower(*args, **static).compile()
             self.compile_seconds += time.perf_counter() - t0
             self._compiled[key] = exe
-        return exe(*args)
+        return exe
 
     # -- generation -----------------------------------------------------------------------
     def generate_incremental(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
                              sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
-                             eos_ids: tuple[int, ...] | None = None) -> list[GenerationResult]:
-        """One batch of prompts (token ids), decoded one LLM token per step."""
+                             eos_ids: tuple[int, ...] | None = None, on_finish: OnFinish | None = None,
+                             should_stop: Callable[[], bool] | None = None,
+                             steps_per_call: int | None = None) -> list[GenerationResult]:
+        """One batch of prompts (token ids), decoded one LLM token per step.
+
+        on_finish(b, result) is called as each request finishes; should_stop() is polled between
+        calls of the loop (True raises specjax.interrupt.Interrupted); steps_per_call: the loop's
+        steps per call (None: about chunked.TARGET_SECONDS of work)."""
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         c0, t0 = self.compile_seconds, time.perf_counter()
         state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(max_new_tokens, 1))
-        state = self._run("incremental", incremental_loop, (self.llm.params, state),
-                          dict(cfg=self.llm.cfg, sampling_cfg=sampling, eos_ids=eos))
-        jax.block_until_ready(state.tokens)
-        compile_s = self.compile_seconds - c0
-        return self.results(prompts, state, time.perf_counter() - t0 - compile_s, compile_s)
+        static = dict(cfg=self.llm.cfg, sampling_cfg=sampling, eos_ids=eos)
+        exe = self._executable("incremental", incremental_loop, (self.llm.params, state, _STEPS), static)
+        return self._decode(prompts, lambda st, n: exe(self.llm.params, st, n), state, lambda st: st,
+                            c0, t0, on_finish, should_stop, steps_per_call)
 
     def generate_spec(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
                       sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
-                      eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
-                      ) -> list[GenerationResult]:
-        """One batch of prompts (token ids), decoded speculatively with the engine's SSMs and tree."""
+                      eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True,
+                      on_finish: OnFinish | None = None, should_stop: Callable[[], bool] | None = None,
+                      steps_per_call: int | None = None) -> list[GenerationResult]:
+        """One batch of prompts (token ids), decoded speculatively with the engine's SSMs and tree
+        (on_finish, should_stop, steps_per_call: as generate_incremental)."""
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         c0, t0 = self.compile_seconds, time.perf_counter()
         state, cfg = self.init_spec_state(prompts, max_new_tokens, sampling, seed, eos_ids, sampled_children)
         ssm_params = tuple(s.params for s in self.ssms)
-        state = self._run("spec", spec_loop, (self.llm.params, ssm_params, state), dict(cfg=cfg))
-        jax.block_until_ready(state.base.tokens)
-        compile_s = self.compile_seconds - c0
-        return self.results(prompts, state.base, time.perf_counter() - t0 - compile_s, compile_s)
+        exe = self._executable("spec", spec_loop, (self.llm.params, ssm_params, state, _STEPS), dict(cfg=cfg))
+        return self._decode(prompts, lambda st, n: exe(self.llm.params, ssm_params, st, n), state,
+                            lambda st: st.base, c0, t0, on_finish, should_stop, steps_per_call)
+
+    def _decode(self, prompts, call, state, base, c0: float, t0: float, on_finish, should_stop,
+                steps_per_call) -> list[GenerationResult]:
+        """Runs a loop in bounded calls (specjax.chunked); each request's result is built when it
+        finishes, its `seconds` the batch's wall time until then, compilation excluded."""
+        done: dict[int, GenerationResult] = {}
+
+        def finished(st, rows):
+            rows = [b for b in rows if b < len(prompts)]  # rows past the prompts are mesh padding
+            compile_s = self.compile_seconds - c0
+            res = self.results(prompts, base(st), time.perf_counter() - t0 - compile_s, compile_s, rows)
+            for b, r in zip(rows, res):
+                done[b] = r
+                if on_finish is not None:
+                    on_finish(b, r)
+
+        run_chunked(call, state, base, finished, should_stop, steps_per_call)
+        return [done[b] for b in range(len(prompts))]
 
     def init_spec_state(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingConfig,
                         seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
@@ -280,18 +346,20 @@ class Engine:
         for ssm in self.ssms:
             dtype = model.compute_dtype(ssm.params)
             cache = sharding.new_cache(ssm.cfg, B, S, dtype, self.mesh, sharding.SSM_SPLIT)
-            caches.append(self._run("prefill", _prefill, (ssm.params, cache, base.tokens, base.prompt_len),
-                                    dict(cfg=ssm.cfg, bucket=bucket)))
+            longest = int(max(len(p) for p in prompts))
+            caches.append(self.prefill(ssm.params, ssm.cfg, cache, base.tokens, base.prompt_len, longest, bucket))
         state = SpecState(base=base, ssm_caches=tuple(caches), ssm_len=jnp.array(base.length, copy=True))
         return sharding.shard_spec_state(state, cfg, self.mesh), cfg
 
     @staticmethod
     def results(prompts: list[list[int]], state: DecodeState, seconds: float,
-                compile_seconds: float) -> list[GenerationResult]:
+                compile_seconds: float, rows: Sequence[int] | None = None) -> list[GenerationResult]:
+        """The results of `rows` (default: every prompt) as the state holds them."""
         tokens, num_new, finish, steps, emitted = sharding.fetch(
             (state.tokens, state.num_new, state.finish, state.steps, state.emitted))
         out = []
-        for b, p in enumerate(prompts):
+        for b in (range(len(prompts)) if rows is None else rows):
+            p = prompts[b]
             n = int(num_new[b])
             out.append(GenerationResult(
                 prompt_ids=list(p), token_ids=tokens[b, len(p): len(p) + n].tolist(),

@@ -1,4 +1,5 @@
-"""Plain incremental decoding: one LLM token per step, the whole loop inside one jitted while_loop."""
+"""Plain incremental decoding: one LLM token per step, the loop a jitted while_loop of
+at most max_steps steps per call."""
 
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ def incremental_step(params, cfg: ModelConfig, state: DecodeState, sampling_cfg,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling_cfg", "eos_ids"), donate_argnames=("state",))
-def incremental_loop(params, state: DecodeState, cfg: ModelConfig, sampling_cfg, eos_ids: tuple[int, ...]):
-    """Decodes until every row has stopped. Params are an argument (never closed over)."""
-    return jax.lax.while_loop(
-        lambda s: jnp.any(~s.done),
-        lambda s: incremental_step(params, cfg, s, sampling_cfg, eos_ids),
-        state,
+def incremental_loop(params, state: DecodeState, max_steps, cfg: ModelConfig, sampling_cfg, eos_ids: tuple[int, ...]):
+    """Decodes until every row has stopped or max_steps (a traced int32 scalar: changing it does not
+    recompile) steps have run; the host calls it again to go on. Params are an argument (never closed over)."""
+    state, _ = jax.lax.while_loop(
+        lambda c: jnp.any(~c[0].done) & (c[1] < max_steps),
+        lambda c: (incremental_step(params, cfg, c[0], sampling_cfg, eos_ids), c[1] + 1),
+        (state, jnp.zeros((), jnp.int32)),
     )
+    return state

@@ -121,10 +121,12 @@ def spec_step(llm_params, ssm_params: tuple, state: SpecState, cfg: SpecConfig) 
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
-def spec_loop(llm_params, ssm_params: tuple, state: SpecState, cfg: SpecConfig) -> SpecState:
-    """Decodes speculatively until every row has stopped."""
-    return jax.lax.while_loop(
-        lambda s: jnp.any(~s.base.done),
-        lambda s: spec_step(llm_params, ssm_params, s, cfg),
-        state,
+def spec_loop(llm_params, ssm_params: tuple, state: SpecState, max_steps, cfg: SpecConfig) -> SpecState:
+    """Decodes speculatively until every row has stopped or max_steps (a traced int32 scalar: changing
+    it does not recompile) steps have run; the host calls it again to go on."""
+    state, _ = jax.lax.while_loop(
+        lambda c: jnp.any(~c[0].base.done) & (c[1] < max_steps),
+        lambda c: (spec_step(llm_params, ssm_params, c[0], cfg), c[1] + 1),
+        (state, jnp.zeros((), jnp.int32)),
     )
+    return state

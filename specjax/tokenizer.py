@@ -58,14 +58,35 @@ def _json_eos(path: Path, *keys: str) -> list[int]:
     return _token_ids(d)
 
 
+def require_gguf_tokenizer_support(path: str | os.PathLike) -> None:
+    """transformers builds a .gguf's tokenizer with its GGUF reader, which imports torch: say so before
+    any work rather than fail in the middle of it."""
+    import importlib.util
+
+    try:
+        has_torch = importlib.util.find_spec("torch") is not None
+    except ValueError:  # a module entry without a spec
+        has_torch = False
+    if not has_torch:
+        raise TokenizerError(
+            f"{path}: the tokenizer of a .gguf file is built by transformers' GGUF reader, which needs torch: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu (the CPU build is enough), "
+            "or convert the file once where torch is installed (python -m checkpoints_convert FILE.gguf DIR) "
+            "and use --llm DIR")
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """From a directory with tokenizer files (tokenizer.json, or SentencePiece tokenizer.model), or a .gguf.
 
     End-of-sequence ids: the tokenizer's, then generation_config.json's, config.json's and
     specjax_config.json's (all that exist)."""
+    path = Path(path)
+    if not path.exists():
+        raise TokenizerError(f"{path} does not exist")
+    if path.suffix == ".gguf" and path.is_file():
+        require_gguf_tokenizer_support(path)
     from transformers import AutoTokenizer
 
-    path = Path(path)
     try:
         if path.suffix == ".gguf" and path.is_file():
             hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -2,6 +2,7 @@
 to end on tiny models (every system, every output file, figures recomputed from the raw records), and
 bad question files refused by name."""
 
+import dataclasses
 import json
 
 import pytest
@@ -92,6 +93,39 @@ def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys):
     for b in (1, 2):
         assert tp[("spec-tree", b)]["new_tokens"] == tp[("incremental", b)]["new_tokens"]
     assert "| spec-tree / incremental |" in (out / "specbench.md").read_text()
+
+
+def test_bench_records_as_runs_finish_and_resumes(converted, questions, tmp_path, monkeypatch):
+    """records.jsonl gets each run as it finishes; a stopped run continues with resume (its records
+    kept as they were); another config refuses to resume; no matplotlib: no plot, a note, the json."""
+    import sys
+
+    from specjax import api
+    from specjax.bench.run import RECORDS, BenchConfig, bench, check_run_dir
+    from specjax.interrupt import Interrupted
+
+    llm = str(converted["llama_gqa_llama3"])
+    gen = api.Generator.load(llm=llm, ssms=[llm], tree="1,2")
+    cfg = BenchConfig(questions=str(questions), categories=("writing", "math"), per_category=1, max_new_tokens=6,
+                      temperature=0.0, hf=False, batch_sizes=(1,), batch_prompts=2)
+    out, polls, logs = tmp_path / "out", [], []
+    with pytest.raises(Interrupted):
+        bench(gen.llm, gen.ssms, gen.tree, cfg, out, llm_path=llm, progress=False, log=logs.append,
+              should_stop=lambda: polls.append(1) or len(polls) > 4)
+    lines = [json.loads(line) for line in (out / RECORDS).read_text().splitlines()]
+    assert "header" in lines[0] and len(lines) == 1 + 4  # the runs before the stop, each written as it ended
+    with pytest.raises(BenchError, match="pass --resume"):
+        check_run_dir(out)
+    with pytest.raises(BenchError, match="other options"):
+        bench(gen.llm, gen.ssms, gen.tree, dataclasses.replace(cfg, max_new_tokens=5), out, llm_path=llm,
+              progress=False, log=logs.append, resume=True)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    res = bench(gen.llm, gen.ssms, gen.tree, cfg, out, llm_path=llm, progress=False, log=logs.append, resume=True)
+    assert res["records"][:4] == lines[1:] and res["resumed"]
+    assert len(res["records"]) == 2 * 3 and len(res["batch_records"]) == 2 * 2
+    assert res["identical_greedy"]["spec-tree"] == (2, 2)
+    assert (out / "specbench.json").is_file() and not (out / "specbench.png").exists()
+    assert any("matplotlib is not installed" in line for line in logs)
 
 
 @pytest.mark.parametrize("content,message", [

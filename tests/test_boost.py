@@ -240,9 +240,15 @@ def test_cli_boost_end_to_end(converted, tmp_path, capsys):
     stamp = (out / "data" / "part-00000.npz").stat().st_mtime_ns
     other = [a if a != "micro" else "tiny" for a in args]
     other[other.index(out)] = tmp_path / "boost_tiny"
-    code, _, err = run_cli(capsys, *other, "--num-ssms", 1, "--boost-mode", "reweight", "--init", "random",
-                           "--data-from", out / "data")
+    import sys
+
+    with pytest.MonkeyPatch.context() as mp:  # a default install: no matplotlib, the plot is skipped, not fatal
+        mp.setitem(sys.modules, "matplotlib", None)
+        code, _, err = run_cli(capsys, *other, "--num-ssms", 1, "--init", "random", "--data-from", out / "data")
     assert code == 0, err
+    assert "note: matplotlib is not installed, so boost_eval.png was not drawn" in err
+    assert (tmp_path / "boost_tiny" / "eval.json").is_file() and not (tmp_path / "boost_tiny" / "boost_eval.png").exists()
+    assert json.loads((tmp_path / "boost_tiny" / "boost_run.json").read_text())["boost_mode"] == "reweight"  # the default
     assert "round 0: keeps 10/10 samples" in err and (tmp_path / "boost_tiny" / "ssm_0").is_dir()
     assert not (tmp_path / "boost_tiny" / "data").exists()
     assert (out / "data" / "part-00000.npz").stat().st_mtime_ns == stamp

@@ -15,7 +15,10 @@ def prompts_file(tmp_path_factory):
 
 
 def run(capsys, *argv):
-    code = main(list(map(str, argv)))
+    try:
+        code = main(list(map(str, argv)))
+    except SystemExit as e:  # argparse
+        code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -61,16 +64,16 @@ def test_generate_prints_text_with_chat(converted, capsys):
 def test_bad_prompt_files(converted, tmp_path, capsys, content, message):
     path = tmp_path / "prompts.jsonl"
     path.write_text(content)
-    with pytest.raises(SystemExit, match=message):
-        main(["generate", "--llm", str(converted["llama_gqa_llama3"]), "--prompts", str(path)])
+    code, _, err = run(capsys, "generate", "--llm", converted["llama_gqa_llama3"], "--prompts", path)
+    assert code == 2 and message in err, err
 
 
 def test_bad_arguments(converted, capsys):
     llm = str(converted["llama_gqa_llama3"])
-    with pytest.raises(SystemExit, match="--prompt TEXT or --prompts"):
-        main(["generate", "--llm", llm])
-    with pytest.raises(SystemExit, match="top_p must be in"):
-        main(["generate", "--llm", llm, "--prompt", "x", "--top-p", "1.5"])
+    code, _, err = run(capsys, "generate", "--llm", llm)
+    assert code == 2 and "--prompt TEXT or --prompts" in err
+    code, _, err = run(capsys, "generate", "--llm", llm, "--prompt", "x", "--top-p", "1.5", "--temperature", 1)
+    assert code == 2 and "argument --top-p: must be a number in (0, 1]" in err
     code, _, err = run(capsys, "generate", "--llm", llm, "--prompt", "x", "--mode", "spec")
     assert code == 2 and "needs at least one SSM" in err
     code, _, err = run(capsys, "generate", "--llm", llm, "--prompt", "x", "--ssm", llm, "--tree", "1,0")

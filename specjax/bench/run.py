@@ -10,14 +10,16 @@ a shared machine hits all alike:
     stochastic   incremental@T (the baseline) | spec-tree@T        (temperature T, seeds per question)
     batch mode   incremental vs spec-tree at each batch size B over the same prompts (throughput)
 
-Outputs in --out: specbench.json (config, every record, summaries), specbench.md (tables) and
-specbench.png (speedup per category per system). Arithmetic: report.py.
+Outputs in --out: records.jsonl (each run's record as it finishes: a killed run continues with
+--resume), specbench.json (config, every record, summaries), specbench.md (tables) and specbench.png
+(speedup per category per system, when matplotlib is installed). Arithmetic: report.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -29,6 +31,8 @@ from typing import Sequence
 from specjax.bench import report
 from specjax.bench.systems import HFSystem, HFWorker, SpecjaxSystem
 from specjax.engine import Engine, LoadedModel
+from specjax.interrupt import Interrupted
+from specjax.output import ResultFile
 from specjax.sampling import SamplingConfig
 from specjax.tree import TreeConfig
 
@@ -132,49 +136,103 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
 
 
 def run_questions(systems: dict, questions: list[dict], prompt_ids: list[list[int]], cfg: BenchConfig,
-                  progress: bool = True, warmup: bool = True) -> list[dict]:
-    """Every question through every system (B = 1), interleaved; -> records (see report.py)."""
+                  progress: bool = True, warmup: bool = True, done: Sequence[dict] = (), emit=None,
+                  should_stop=None) -> list[dict]:
+    """Every question through every system (B = 1), interleaved; -> records (see report.py).
+    done: records of an earlier, interrupted run (their runs are skipped); emit(record) is called as
+    each run finishes; should_stop() is polled between runs (True raises Interrupted)."""
     from tqdm import tqdm
 
     names = list(systems)
-    if warmup:  # compile / first-call costs for a first bucket, outside the records
+    have = {(r["system"], r["category"], r["qid"]): r for r in done}
+    todo = [(i, name) for i, q in enumerate(questions) for name in names[i % len(names):] + names[: i % len(names)]
+            if (name, q["category"], q["qid"]) not in have]
+    if warmup and todo:  # compile / first-call costs for a first bucket, outside the records
         for s in systems.values():
             s.run([prompt_ids[0]], min(cfg.max_new_tokens, 8), cfg.seed)
-    records = []
-    bar = tqdm(total=len(questions) * len(names), desc="spec-bench", unit="run", disable=not progress)
-    for i, (q, ids) in enumerate(zip(questions, prompt_ids)):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            [row] = systems[name].run([ids], cfg.max_new_tokens, cfg.seed + i)
-            records.append({"system": name, "category": q["category"], "qid": q["qid"], **row})
-            bar.update(1)
+    records = list(done)
+    bar = tqdm(total=len(todo), desc="spec-bench", unit="run", disable=not progress)
+    for i, name in todo:
+        _check_stop(should_stop)
+        q = questions[i]
+        [row] = systems[name].run([prompt_ids[i]], cfg.max_new_tokens, cfg.seed + i)
+        records.append({"system": name, "category": q["category"], "qid": q["qid"], **row})
+        if emit is not None:
+            emit(records[-1])
+        bar.update(1)
     bar.close()
     return records
 
 
-def run_batches(systems: dict, prompt_ids: list[list[int]], cfg: BenchConfig, progress: bool = True) -> list[dict]:
+def run_batches(systems: dict, prompt_ids: list[list[int]], cfg: BenchConfig, progress: bool = True,
+                done: Sequence[dict] = (), emit=None, should_stop=None) -> list[dict]:
     """Throughput at each batch size: incremental vs spec-tree (greedy) over the same prompts. The
     prompts are sorted by length (batches of similar lengths), each batch size runs the same prompts
-    (repeated when there are fewer questions than the largest batch)."""
+    (repeated when there are fewer questions than the largest batch). done, emit, should_stop: as
+    run_questions (a record's "start" is its batch's first prompt)."""
     from tqdm import tqdm
 
     names = ["incremental", "spec-tree"]
     need = max(cfg.batch_prompts, max(cfg.batch_sizes))
     prompts = sorted(prompt_ids, key=len)[:need]
     prompts = (prompts * -(-need // len(prompts)))[:need]  # too few questions: repeat them to fill a batch
-    records = []
-    jobs = [(b, i) for b in cfg.batch_sizes for i in range(0, need - need % b, b)]
+    have = {(r["system"], r["batch_size"], r["start"]) for r in done}
+    jobs = [(b, i, name) for j, (b, i) in enumerate((b, i) for b in cfg.batch_sizes for i in range(0, need - need % b, b))
+            for name in (names if j % 2 == 0 else names[::-1]) if (name, b, i) not in have]
     for s in names:  # warm-up: compile each batch size's first shapes
-        for b in cfg.batch_sizes:
+        for b in sorted({b for b, _, _ in jobs}):
             systems[s].run(prompts[:b], min(cfg.max_new_tokens, 8), cfg.seed)
-    bar = tqdm(total=len(jobs) * len(names), desc="batch mode", unit="batch", disable=not progress)
-    for j, (b, i) in enumerate(jobs):
-        for name in (names if j % 2 == 0 else names[::-1]):
-            rows = systems[name].run(prompts[i: i + b], cfg.max_new_tokens, cfg.seed + i)
-            records.append({"system": name, "batch_size": b, "new_tokens": sum(r["new_tokens"] for r in rows),
-                            "llm_steps": sum(r["llm_steps"] for r in rows), "seconds": rows[0]["seconds"]})
-            bar.update(1)
+    records = list(done)
+    bar = tqdm(total=len(jobs), desc="batch mode", unit="batch", disable=not progress)
+    for b, i, name in jobs:
+        _check_stop(should_stop)
+        rows = systems[name].run(prompts[i: i + b], cfg.max_new_tokens, cfg.seed + i)
+        records.append({"system": name, "batch_size": b, "start": i, "new_tokens": sum(r["new_tokens"] for r in rows),
+                        "llm_steps": sum(r["llm_steps"] for r in rows), "seconds": max(r["seconds"] for r in rows)})
+        if emit is not None:
+            emit(records[-1])
+        bar.update(1)
     bar.close()
     return records
+
+
+def _check_stop(should_stop) -> None:
+    if should_stop is not None and should_stop():
+        raise Interrupted("stopped between benchmark runs")
+
+
+RECORDS = "records.jsonl"  # in --out: a header line {"header": ...}, then one record per finished run
+
+
+def check_run_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """--out can hold this run (checked before any model loads): a directory (or creatable), and no
+    records of an earlier run unless resume (continue it) or overwrite (replace it)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file: give a directory")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise BenchError(f"--out {out}: {parent} is not writable")
+    if (out / RECORDS).exists() and not (resume or overwrite):
+        raise BenchError(f"--out {out} holds the records of an earlier run ({RECORDS}): pass --resume to "
+                         "continue it or --overwrite to start over")
+    return out
+
+
+def _open_records(out: Path, header: dict, resume: bool) -> tuple[ResultFile, list[dict], list[dict]]:
+    """records.jsonl opened for appending -> (file, question records, batch records) of an earlier run
+    (resume) whose header must equal this run's."""
+    f = ResultFile.open(out / RECORDS, overwrite=not resume, resume=resume, flag="--out")
+    rows = f.rows
+    if rows:
+        if rows[0].get("header") != header:
+            f.close()
+            raise BenchError(f"--resume: {out / RECORDS} was made by a run with other options, models or "
+                             "questions: use the same ones, or --overwrite to start over")
+        rows = rows[1:]
+    else:
+        f.write({"header": header})
+    return f, [r for r in rows if "qid" in r], [r for r in rows if "batch_size" in r]
 
 
 def identical_outputs(records: list[dict], a: str, b: str) -> tuple[int, int]:
@@ -188,10 +246,13 @@ def identical_outputs(records: list[dict], a: str, b: str) -> tuple[int, int]:
 
 def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: BenchConfig, out: str | Path,
           llm_path: str | None = None, ssm_paths: Sequence[str] = (), progress: bool = True,
-          log=None) -> dict:
-    """Runs the whole benchmark and writes OUT/specbench.{json,md,png}; returns the JSON dict."""
+          log=None, resume: bool = False, should_stop=None) -> dict:
+    """Runs the whole benchmark and writes OUT/specbench.{json,md,png} (the plot when matplotlib is
+    installed); returns the JSON dict. Each finished run is appended to OUT/records.jsonl at once;
+    resume continues a killed run from it; should_stop() is polled between runs (True raises
+    Interrupted, the records so far kept)."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    out = Path(out)
+    out = check_run_dir(out, resume=resume, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     if llm.tokenizer is None:
         raise BenchError("the LLM has no tokenizer: Spec-Bench prompts are text")
@@ -199,9 +260,15 @@ def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: 
         raise BenchError(f"--chain-ssm {cfg.chain_ssm}: there are {len(ssms)} SSM(s) (0..{len(ssms) - 1})")
     questions = load_questions(cfg.questions, cfg.per_category, cfg.categories)
     prompt_ids = [llm.tokenizer.encode(q["prompt"], chat=llm.tokenizer.has_chat_template) for q in questions]
+    header = {"config": dataclasses.asdict(cfg), "tree": list(tree.expansion), "num_ssms": len(ssms),
+              "llm": llm_path or "default", "ssms": list(ssm_paths), "prompt_ids": prompt_ids}
+    header = json.loads(json.dumps(header))  # as read back from the file (tuples -> lists)
     hf = None
     with tempfile.TemporaryDirectory(prefix="specjax-bench-hf-") as export_dir:
+        records_file, done_q, done_b = _open_records(out, header, resume)
         try:
+            if done_q or done_b:
+                log(f"resume: {len(done_q)} question runs and {len(done_b)} batch runs already in {out / RECORDS}")
             if cfg.hf:
                 if llm_path is None:
                     from specjax import default_model
@@ -214,10 +281,13 @@ def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: 
             log(f"spec-bench: {len(questions)} questions, {len(set(q['category'] for q in questions))} categories, "
                 f"systems {', '.join(systems)}")
             t0 = time.perf_counter()
-            records = run_questions(systems, questions, prompt_ids, cfg, progress)
-            batch_records = run_batches(systems, prompt_ids, cfg, progress) if cfg.batch_sizes else []
+            records = run_questions(systems, questions, prompt_ids, cfg, progress, done=done_q,
+                                    emit=records_file.write, should_stop=should_stop)
+            batch_records = (run_batches(systems, prompt_ids, cfg, progress, done=done_b, emit=records_file.write,
+                                         should_stop=should_stop) if cfg.batch_sizes else [])
             wall = time.perf_counter() - t0
         finally:
+            records_file.close()
             if hf is not None:
                 hf.close()
     summary = report.summarize(records, baselines)
@@ -225,6 +295,7 @@ def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: 
         "config": dataclasses.asdict(cfg), "tree": list(tree.expansion), "num_ssms": len(ssms),
         "llm": llm_path or "default", "ssms": list(ssm_paths), "machine": platform.platform(),
         "processor": platform.processor(), "date": time.strftime("%Y-%m-%d"), "wall_seconds": wall,
+        "resumed": bool(done_q or done_b),
         "baselines": baselines, "summary": summary, "throughput": report.throughput(batch_records),
         "identical_greedy": {s: identical_outputs(records, s, "incremental")
                              for s in ("spec-tree", "spec-chain", "hf-generate", "hf-assisted") if s in systems},
@@ -234,8 +305,11 @@ def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: 
     report.write_json(result, out / "specbench.json")
     (out / "specbench.md").write_text(markdown(result) + "\n")
     greedy = [s for s in systems if "@" not in s and s != "incremental"]
-    report.plot(summary, out / "specbench.png", greedy + [s for s in systems if s.startswith("spec-tree@")],
-                "Spec-Bench: speedup over specjax incremental decoding (same sampling)")
+    try:
+        report.plot(summary, out / "specbench.png", greedy + [s for s in systems if s.startswith("spec-tree@")],
+                    "Spec-Bench: speedup over specjax incremental decoding (same sampling)")
+    except ImportError:
+        log("note: matplotlib is not installed, so specbench.png was not drawn (pip install matplotlib)")
     log(markdown(result))
     return result
 

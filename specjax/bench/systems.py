@@ -4,7 +4,8 @@
     HFSystem        transformers `generate`, plain or assisted, in a worker process (hf_worker.py)
 
 A row is {"token_ids", "new_tokens", "llm_steps", "seconds"}: seconds is the wall time of the request's
-batch (prefill + decoding; compilation excluded for specjax), llm_steps None where unknown (HF).
+batch until the request finished (prefill + decoding; compilation excluded for specjax; a batch's time
+is its rows' largest), llm_steps None where unknown (HF).
 """
 
 from __future__ import annotations

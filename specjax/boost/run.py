@@ -5,7 +5,7 @@
     OUT/train/ssm_i/          SSM i's training state (params, AdamW state, step, data seed)
     OUT/ssm_i/                SSM i as a specjax checkpoint with the LLM's tokenizer (written when done)
     OUT/boost_log.jsonl       per round: samples/positions kept; training history
-    OUT/eval.json, OUT/boost_eval.png   held-out agreement and MAT (see evaluate.py)
+    OUT/eval.json, OUT/boost_eval.png   held-out agreement and MAT (see evaluate.py; the plot needs matplotlib)
 
 Held-out data: the last `eval_prompts` prompts are never trained on.
 """
@@ -136,8 +136,12 @@ def boost(run: RunConfig, out: str | Path, resume: bool = False, log=None, progr
         held_prompts = [p[-run.data.max_prompt_tokens:] for p in ids[len(ids) - run.eval_prompts:]]
         result["mat"] = measure_mat(llm, ssms, held_prompts, run.tree, run.eval_max_new_tokens,
                                     run.data.batch_size, eos)
-        plot(result["mat"], out / "boost_eval.png")
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")  # before the optional plot
+    if result["mat"]:
+        try:
+            plot(result["mat"], out / "boost_eval.png")
+        except ImportError:
+            log("note: matplotlib is not installed, so boost_eval.png was not drawn (pip install matplotlib)")
     for i, a in enumerate(result["agreement"]["per_ssm"]):
         log(f"eval ssm_{i}: " + " ".join(f"{k}={v:.3f}" for k, v in a.items()))
     log(f"eval ensemble top1={result['agreement']['ensemble_top1']:.3f}; MAT by #SSMs: "
