@@ -21,10 +21,11 @@ import numpy as np
 from specjax import sharding
 from specjax.config import ModelConfig
 from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill
+from specjax.drafters.setup import build_drafters, check_budget, prefill_successors
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
 from specjax.incremental import incremental_loop
 from specjax.sampling import SamplingConfig
-from specjax.speculative import SpecConfig, SpecState, spec_loop
+from specjax.speculative import SpecConfig, SpecState, init_stats, spec_loop
 from specjax.tree import TreeConfig
 
 
@@ -50,6 +51,7 @@ class GenerationResult:
     accepted_per_step: list[int]  # tokens emitted per LLM step (accepted + bonus)
     seconds: float  # wall time of the batch this request ran in (prefill + loop, compilation excluded)
     compile_seconds: float = 0.0  # compilation time spent for this batch (0 when cached)
+    drafter_tokens: dict = dataclasses.field(default_factory=dict)  # drafter -> accepted tokens it proposed
 
     @property
     def mean_accepted(self) -> float:
@@ -81,9 +83,13 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "bucket"), donate_argnames=("cache",))
-def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int):
-    return prefill(params, cfg, cache, tokens, prompt_len, bucket)
+@functools.partial(jax.jit, static_argnames=("cfg", "bucket", "successors"), donate_argnames=("cache",))
+def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int, successors: int = 0):
+    """The prefilled cache; with successors = k > 0 also the LLM's top-k tokens at every prefilled
+    position [B, bucket, k] (the recycling drafter's first table entries)."""
+    if not successors:
+        return prefill(params, cfg, cache, tokens, prompt_len, bucket)
+    return prefill_successors(params, cfg, cache, tokens, prompt_len, bucket, successors)
 
 
 def _vocab(tokenizer) -> dict:
@@ -128,7 +134,12 @@ class Engine:
     """
 
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
-                 max_len: int | None = None, mesh=None):
+                 max_len: int | None = None, mesh=None, drafters: Sequence | None = None,
+                 budget: int | None = None, recycle_table=None):
+        """drafters: names ('ssm', 'recycle', 'lookup') or drafter configs (specjax.drafters), merged in
+        this order; 'ssm' stands for every SSM given, each expanding `tree`. None: the SSMs alone.
+        budget: candidate nodes verified per step, the best by path score (None: every proposed node).
+        recycle_table: a [V, k] table to start token recycling from (drafters.recycle.load)."""
         self.llm = llm
         self.ssms = tuple(ssms)
         self.tree = tree
@@ -136,13 +147,15 @@ class Engine:
         self._compiled: dict = {}
         self.compile_seconds = 0.0
         check_drafters(llm, self.ssms)
-        if self.ssms:
-            if tree is None:
-                raise EngineError("speculative decoding needs a TreeConfig")
-            if tree.num_ssms != len(self.ssms):
-                raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
+        if self.ssms and tree is not None and tree.num_ssms != len(self.ssms):
+            raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
+        self.drafters = build_drafters(drafters, llm.cfg, tuple(s.cfg for s in self.ssms), tree)
+        self.budget = budget
+        self.persistent: dict = {"recycle_table": recycle_table}
         if max_len is not None and self._slot_limit() is not None and max_len > self._slot_limit()[0]:
             raise EngineError(f"max_len={max_len} exceeds {self._slot_limit()[1]}")
+        if self.drafters:
+            check_budget(budget, max_len, self._slot_limit())
         self.mesh = mesh
         if mesh is not None:  # weights placed once: the LLM split by the partition rules, SSMs replicated
             place = lambda m, split: dict(zip(("params", "cfg"), sharding.shard_model(m.params, m.cfg, mesh, split)))
@@ -182,8 +195,9 @@ class Engine:
         return slots
 
     def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,
-                   record_steps: int) -> tuple[DecodeState, int]:
-        """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket)."""
+                   record_steps: int, successors: int = 0) -> tuple[DecodeState, int]:
+        """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket); with
+        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position."""
         cfg = self.llm.cfg
         n = len(prompts)
         B = sharding.padded_batch(n, self.mesh)  # a multiple of dp: rows n.. are finished dummies
@@ -197,8 +211,9 @@ class Engine:
         tokens, prompt_len = sharding.shard_rows((tokens, prompt_len), self.mesh)
         dtype = jax.tree.leaves(self.llm.params)[0].dtype
         cache = sharding.new_cache(cfg, B, S, dtype, self.mesh)
-        cache = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
-                          dict(cfg=cfg, bucket=bucket))
+        out = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
+                        dict(cfg=cfg, bucket=bucket, successors=successors))
+        cache, self.prefill_successors = out if successors else (out, None)
         zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
         max_new = np.where(np.arange(B) < n, max_new_tokens, 0).astype(np.int32)
         state = DecodeState(
@@ -245,31 +260,50 @@ class Engine:
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         c0, t0 = self.compile_seconds, time.perf_counter()
         state, cfg = self.init_spec_state(prompts, max_new_tokens, sampling, seed, eos_ids, sampled_children)
-        ssm_params = tuple(s.params for s in self.ssms)
-        state = self._run("spec", spec_loop, (self.llm.params, ssm_params, state), dict(cfg=cfg))
+        state = self._run("spec", spec_loop, (self.llm.params, self.drafter_params(), state), dict(cfg=cfg))
         jax.block_until_ready(state.base.tokens)
         compile_s = self.compile_seconds - c0
-        return self.results(prompts, state.base, time.perf_counter() - t0 - compile_s, compile_s)
+        out = self.results(prompts, state.base, time.perf_counter() - t0 - compile_s, compile_s)
+        self._keep_drafter_state(state)
+        credit = sharding.fetch(state.credit)
+        for b, r in enumerate(out):
+            r.drafter_tokens = {d.name: int(credit[b, i]) for i, d in enumerate(self.drafters)}
+        return out
 
     def init_spec_state(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingConfig,
                         seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
                         ) -> tuple[SpecState, SpecConfig]:
         """The speculative loop's static config and its state after the LLM's and every SSM's prefill."""
-        if not self.ssms:
-            raise EngineError("speculative decoding needs at least one SSM")
+        from specjax import drafters as drafters_lib
+        from specjax.drafters.base import InitContext
+
+        if not self.drafters:
+            raise EngineError("speculative decoding needs at least one drafter (an SSM, recycle or lookup)")
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
-        cfg = SpecConfig(llm=self.llm.cfg, ssms=tuple(s.cfg for s in self.ssms), tree=self.tree,
-                         sampling=sampling, eos_ids=eos, sampled_children=sampled_children)
-        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1))
-        B, S = base.tokens.shape
-        caches = []
-        for ssm in self.ssms:
-            dtype = jax.tree.leaves(ssm.params)[0].dtype
-            cache = sharding.new_cache(ssm.cfg, B, S, dtype, self.mesh, sharding.SSM_SPLIT)
-            caches.append(self._run("prefill", _prefill, (ssm.params, cache, base.tokens, base.prompt_len),
-                                    dict(cfg=ssm.cfg, bucket=bucket)))
-        state = SpecState(base=base, ssm_caches=tuple(caches), ssm_len=jnp.array(base.length, copy=True))
+        cfg = SpecConfig(llm=self.llm.cfg, drafters=self.drafters, sampling=sampling, eos_ids=eos,
+                         sampled_children=sampled_children, budget=self.budget)
+        k = max((d.k for d in self.drafters if d.kind == "recycle"), default=0)
+        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1),
+                                       successors=k)
+        states = []
+        for d, params in zip(self.drafters, self.drafter_params()):
+            ctx = InitContext(base=base, bucket=bucket, run=self._run, params=params,
+                              successors=self.prefill_successors, persistent=self.persistent, mesh=self.mesh)
+            states.append(drafters_lib.module(d).init_state(ctx, d))
+        hits, credit = init_stats(cfg, base.tokens.shape[0])
+        state = SpecState(base=base, drafters=tuple(states), hits=hits, credit=credit)
         return sharding.shard_spec_state(state, cfg, self.mesh), cfg
+
+    def drafter_params(self) -> tuple:
+        """Per drafter, its params (an SSM's weights; None for the model-free drafters)."""
+        return tuple(self.ssms[d.index].params if d.kind == "ssm" else None for d in self.drafters)
+
+    def _keep_drafter_state(self, state: SpecState) -> None:
+        """What outlives a batch: the recycling table."""
+        for d, s in zip(self.drafters, state.drafters):
+            if d.kind == "recycle":
+                self.persistent["recycle_table"] = s.table
+        self.last_hits = sharding.fetch(state.hits)
 
     @staticmethod
     def results(prompts: list[list[int]], state: DecodeState, seconds: float,
