@@ -18,9 +18,17 @@ def _add_generate(sub):
                    help="decoding mode (default: spec when drafters are available, else incremental)")
     p.add_argument("--ssm", action="append", default=[], metavar="DIR",
                    help="a speculative model (repeat for an ensemble)")
-    p.add_argument("--tree", default=None, help="expansion config k1,...,km (default: the paper's 1,1,3,1,1,1,1,1; "
-                                                 "for the embedded LLM's drafters, their tuned tree.json)")
+    p.add_argument("--tree", default="auto",
+                   help="'auto' (default): drafters and budget chosen for this machine from measured costs "
+                        "(cached) and the drafters' acceptance (it may choose incremental decoding); or the SSMs' "
+                        "expansion k1,...,km (every proposed node is verified unless --budget is given)")
     p.add_argument("--node-budget", type=int, default=64, help="max tree nodes per step over all SSMs")
+    p.add_argument("--drafters", default=None,
+                   help="comma list of ssm, recycle, lookup (default: every one that applies)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="verify the N best proposed nodes per step (by calibrated path score)")
+    p.add_argument("--recycle-table", default=None, help="start token recycling from this saved table")
+    p.add_argument("--save-recycle-table", default=None, help="save the recycling table here at the end")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help='jsonl file: {"prompt": str} or {"prompt_ids": [int, ...]} per line')
@@ -83,8 +91,12 @@ def cmd_generate(args) -> int:
         init_distributed()
     t_load = time.perf_counter()
     gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, node_budget=args.node_budget,
-                             max_len=args.max_len, mode=args.mode, mesh=args.mesh)
+                             max_len=args.max_len, mode=args.mode, mesh=args.mesh, drafters=args.drafters,
+                             budget=args.budget, recycle_table=args.recycle_table,
+                             log=lambda m: print(m, file=sys.stderr))
     print(f"loaded {gen.describe()} in {time.perf_counter() - t_load:.1f}s", file=sys.stderr)
+    if gen.choice is not None:
+        print(f"auto: {gen.choice.reason}", file=sys.stderr)
     outs = gen.generate_rows(rows, chat=args.chat, max_new_tokens=args.max_new_tokens, sampling=sampling,
                              seed=args.seed, batch_size=args.batch_size)
     if args.distributed:
@@ -106,9 +118,21 @@ def cmd_generate(args) -> int:
     if sink:
         sink.close()
     mat = total_tokens / max(total_steps, 1)
+    by = {}
+    for out in outs:
+        for name, n in out.get("drafter_tokens", {}).items():
+            by[name] = by.get(name, 0) + n
+    per = (" accepted_by=" + ",".join(f"{k}:{v}" for k, v in by.items())) if by else ""
     print(f"mode={gen.mode} prompts={len(outs)} new_tokens={total_tokens} llm_steps={total_steps} "
-          f"MAT={mat:.2f} tokens/s={total_tokens / max(total_seconds, 1e-9):.1f} "
+          f"MAT={mat:.2f}{per} tokens/s={total_tokens / max(total_seconds, 1e-9):.1f} "
           f"compile_s={gen.engine.compile_seconds:.1f} (not in tokens/s)", file=sys.stderr)
+    if args.save_recycle_table:
+        table = gen.engine.persistent.get("recycle_table")
+        if table is None:
+            raise SystemExit("error: --save-recycle-table: token recycling did not run (drafter 'recycle' unused)")
+        from specjax.drafters import recycle
+
+        recycle.save(args.save_recycle_table, table, gen.llm)
     return 0
 
 

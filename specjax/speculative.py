@@ -163,14 +163,6 @@ def spec_step(llm_params, drafter_params: tuple, state: SpecState, cfg: SpecConf
         p = sampling.probs(logits, cfg.sampling)
         res = verify.mss_verify(keys[-1], p, tree.tokens, tree.parents, tree.valid, node_q, M)
 
-    # Which drafters proposed the accepted tokens (statistics only).
-    acc = accepted_sequences(res, rep, N) & running[:, None]  # [B, N]
-    hits = jax.vmap(lambda h, s, a: h.at[s].add(a.astype(jnp.int32)))(state.hits, src, acc)
-    D = len(cfg.drafters)
-    by = (acc[:, None, :, None] & (origin[:, None, :, None] == jnp.arange(D)[None, :, None, None])
-          & (tree.depth[:, None, :, None] == jnp.arange(1, M + 1)[None, None, None, :]))  # [B, D, N, M]
-    credit = state.credit + by.any(axis=2).sum(-1).astype(jnp.int32)
-
     # Commit: accepted K/V next to the root; emit accepted tokens + the bonus token.
     cache = commit_path(cache, P, res.path, res.num_accepted, running)
     accepted = jnp.take_along_axis(tree.tokens, jnp.maximum(res.path[:, 1:], 0), axis=1)  # [B, M]
@@ -180,6 +172,14 @@ def spec_step(llm_params, drafter_params: tuple, state: SpecState, cfg: SpecConf
     base, n = record_step(base, new_tokens.astype(jnp.int32), res.num_accepted + 1, cfg.eos_ids,
                           cfg.step_room)
     base = base.replace(length=P + n)
+
+    # Which drafters proposed the emitted accepted tokens (statistics only; a stop may cut the step).
+    acc = accepted_sequences(res, rep, N) & running[:, None] & (tree.depth <= jnp.minimum(res.num_accepted, n)[:, None])
+    hits = jax.vmap(lambda h, s, a: h.at[s].add(a.astype(jnp.int32)))(state.hits, src, acc)
+    D = len(cfg.drafters)
+    by = (acc[:, None, :, None] & (origin[:, None, :, None] == jnp.arange(D)[None, :, None, None])
+          & (tree.depth[:, None, :, None] == jnp.arange(1, M + 1)[None, None, None, :]))  # [B, D, N, M]
+    credit = state.credit + by.any(axis=2).sum(-1).astype(jnp.int32)
 
     # Update: every drafter learns from the verified tree.
     step = StepInfo(root_slot=P, running=running, tree=tree, logits=logits)

@@ -85,3 +85,38 @@ def test_the_engine_test_can_fail(llm):
     for r in out:
         counts[r.token_ids[0], r.token_ids[1]] += 1
     assert chi_square_p(counts, exact_two_token_distribution(llm, s)) < 1e-6
+
+
+def merged_counts(llm, s: SamplingConfig, budget, monkeypatch=None):
+    ssm = LoadedModel(perturbed(llm.params, 0.4, seed=10), CFG)
+    engine = Engine(llm, ssms=[ssm], tree=TreeConfig(expansion=(2, 1)), drafters=("ssm", "recycle", "lookup"),
+                    budget=budget)
+    engine.generate_spec([PROMPT] * 64, 4, s, seed=1)  # fills the recycling table: it drafts from step 1 on
+    out = engine.generate_spec([PROMPT] * ROWS, 2, s, seed=7)
+    counts = np.zeros((V, V))
+    for r in out:
+        counts[r.token_ids[0], r.token_ids[1]] += 1
+    return counts, out
+
+
+@pytest.mark.parametrize("temperature,budget", [(0.7, None), (1.0, 4)])
+def test_merged_drafters_match_llm_distribution(llm, temperature, budget):
+    """Sampled SSM nodes (their q), deterministic recycling and lookup nodes (one-hot) in one tree,
+    with and without a budget."""
+    s = SamplingConfig(temperature=temperature)
+    counts, out = merged_counts(llm, s, budget)
+    assert chi_square_p(counts, exact_two_token_distribution(llm, s)) > 1e-3
+    for name in ("ssm0", "recycle", "lookup"):  # every drafter's nodes get accepted
+        assert sum(r.drafter_tokens[name] for r in out) > 100
+
+
+def test_the_merged_test_can_fail(llm, monkeypatch):
+    """A wrong rule through the same merged loop: sampled duplicates dropped like deterministic ones
+    (their rejection no longer moves the residual)."""
+    from specjax.drafters import merge as merge_lib
+
+    dedup = merge_lib.dedup
+    monkeypatch.setattr(merge_lib, "dedup", lambda t, p, v, s, m: dedup(t, p, v, s & False, m))
+    s = SamplingConfig(temperature=1.0)
+    counts, _ = merged_counts(llm, s, None)
+    assert chi_square_p(counts, exact_two_token_distribution(llm, s)) < 1e-6

@@ -62,3 +62,14 @@ def from_hits(hits, topology, steps: int) -> list[list[float]]:
         den[d, r] += steps if p < 0 else hits[p]
     out = np.where(den > 0, num / np.maximum(den, 1), 0.0)
     return [[round(float(x), 4) for x in row] for row in out]
+
+
+def node_acceptance(name: str, num_nodes: int):
+    """Shipped P(local node j accepted) per step [n] for drafter `name` at its shipped shape, or
+    None when not shipped (or shipped for another shape)."""
+    import numpy as np
+
+    row = _shipped().get("node_acceptance", {}).get(name)
+    if row is None or len(row) != num_nodes:
+        return None
+    return np.asarray(row, np.float64)

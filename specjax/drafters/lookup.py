@@ -91,7 +91,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
     valid = (n[:, None] > 0) & (slot <= P[:, None])
     from specjax.drafters import acceptance
 
-    rate = acceptance.rate_fn(cfg.rates)
+    rate = acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind])
     table = np.asarray([[rate(d, m) for m in range(cfg.max_ngram)] for d in range(1, cfg.length + 1)],
                        np.float32)  # [L, max_ngram]
     cum = np.cumprod(np.clip(table, 1e-6, 1.0), axis=0)  # path score by depth, per matched n

@@ -112,7 +112,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
         parent_tok = jnp.maximum(tokens[:, par], 0)  # an empty parent's children are dropped anyway
         tokens = tokens.at[:, start:stop].set(state.table[parent_tok, rank[None, :]])
     cand = tokens[:, 1:]
-    scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates))
+    scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind]))
     prop = Proposal(tokens=jnp.maximum(cand, 0), valid=cand >= 0,
                     score=jnp.broadcast_to(jnp.asarray(scores), cand.shape))
     return prop, state

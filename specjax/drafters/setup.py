@@ -41,7 +41,9 @@ def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple,
             out += [ssm.Config(model=c, expansion=tree.expansion, index=i, rates=acceptance.rates(f"ssm{i}", "ssm"))
                     for i, c in enumerate(ssm_cfgs)]
         elif item == "recycle":
-            out.append(recycle.Config(vocab_size=llm_cfg.vocab_size, expansion=RECYCLE_EXPANSION,
+            k = min(recycle.DEFAULT_K, llm_cfg.vocab_size)
+            out.append(recycle.Config(vocab_size=llm_cfg.vocab_size, k=k,
+                                      expansion=tuple(min(e, k) for e in RECYCLE_EXPANSION),
                                       rates=acceptance.rates("recycle", "recycle")))
         else:
             out.append(lookup.Config(length=LOOKUP_LENGTH, max_ngram=LOOKUP_NGRAM,
