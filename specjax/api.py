@@ -100,10 +100,14 @@ class Generator:
 
             shipped = default_model.default_tree()
             dirs = default_model.default_ssm_dirs()
-            if shipped is not None and tree is None:  # the shape tuned for these drafters
+            if shipped is not None and tree is None and not auto:  # the shape tuned for these drafters
                 dirs = dirs[: shipped["num_ssms"]]
                 tree = ",".join(map(str, shipped["expansion"]))
             ssm_models = [load(str(p), mesh, sharding.SSM_SPLIT) for p in dirs]
+        if auto and mode != "incremental":
+            from specjax.drafters.setup import AUTO_SSM_EXPANSION
+
+            tree = ",".join(map(str, AUTO_SSM_EXPANSION))  # pruned by the chosen budget
         tree_cfg = None
         if ssm_models:
             tree_cfg = (TreeConfig.parse(tree, num_ssms=len(ssm_models), node_budget=node_budget) if tree

@@ -224,6 +224,7 @@ def _add_bench(sub):
     p.add_argument("--batch-prompts", type=int, default=8, help="prompts per batch-mode measurement")
     p.add_argument("--chain-ssm", type=int, default=0, help="the SSM for the chain and as HF assistant")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baselines (no torch needed)")
+    p.add_argument("--budget", type=int, default=16, help="node budget of the merged drafters' row (spec-merged-bN)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 question per category, 3 categories, 16 new tokens, B=1,2")
     p.add_argument("--out", default="bench_out", help="output directory (specbench.json, .md, .png)")
@@ -245,13 +246,14 @@ def cmd_bench(args) -> int:
         sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
     except ValueError:
         raise SystemExit(f"error: --batch-sizes {args.batch_sizes!r}: a comma list of integers")
-    if any(b < 1 for b in sizes) or args.max_new_tokens < 1 or (args.per_category is not None and args.per_category < 1):
-        raise SystemExit("error: --batch-sizes, --max-new-tokens and --per-category must be >= 1")
+    if any(b < 1 for b in sizes) or args.max_new_tokens < 1 or (args.per_category is not None and args.per_category < 1) \
+            or args.budget < 1:
+        raise SystemExit("error: --batch-sizes, --max-new-tokens, --per-category and --budget must be >= 1")
     cats = tuple(c.strip() for c in args.categories.split(",") if c.strip())
     cfg = BenchConfig(questions=questions, per_category=args.per_category, categories=cats,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, hf=not args.no_hf,
                       batch_sizes=sizes, batch_prompts=args.batch_prompts, chain_ssm=args.chain_ssm,
-                      seed=args.seed)
+                      seed=args.seed, budget=args.budget)
     if args.quick:
         cfg = dataclasses.replace(cfg, per_category=1, max_new_tokens=min(cfg.max_new_tokens, 16),
                                   batch_sizes=(1, 2), batch_prompts=2)
@@ -259,7 +261,17 @@ def cmd_bench(args) -> int:
         import matplotlib  # noqa: F401  (the plot is written at the end: fail before the long run)
     except ImportError:
         raise SystemExit("error: specjax bench writes a plot: pip install matplotlib (or specjax[plot])")
-    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, mode="spec" if args.ssm else None)
+    tree, ssms = args.tree, list(args.ssm)
+    if args.llm is None and not ssms:  # the shipped drafters at their tuned shape for spec-tree
+        from specjax import default_model
+
+        shipped = default_model.default_tree()
+        dirs = [str(p) for p in default_model.default_ssm_dirs()]
+        if shipped is not None and dirs:
+            ssms = dirs[: shipped["num_ssms"]]
+            tree = tree or ",".join(map(str, shipped["expansion"]))
+    gen = api.Generator.load(llm=args.llm, ssms=ssms, tree=tree or "1,1,3,1,1,1,1,1", drafters="ssm",
+                             mode="spec" if ssms else None)
     if not gen.ssms:
         raise BenchError("no SSMs: give --ssm DIR" + (" (drafters ship only for the embedded LLM)" if args.llm
                                                       else " (the embedded LLM's drafters are not installed)"))

@@ -124,7 +124,10 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
     if cfg.drafters:  # each model-free drafter alone, then every drafter merged under the budget
         for kind in ("recycle", "lookup"):
             systems[f"spec-{kind}"] = SpecjaxSystem(f"spec-{kind}", Engine(llm, drafters=(kind,)), True, greedy, eos)
-        merged = Engine(llm, ssms, tree, drafters=("ssm", "recycle", "lookup"), budget=cfg.budget)
+        from specjax.drafters.setup import AUTO_SSM_EXPANSION
+
+        merged = Engine(llm, ssms, TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms)),
+                        drafters=("ssm", "recycle", "lookup"), budget=cfg.budget)
         systems[f"spec-merged-b{cfg.budget}"] = SpecjaxSystem(f"spec-merged-b{cfg.budget}", merged, True, greedy, eos)
     if hf is not None:
         systems["hf-generate"] = HFSystem("hf-generate", hf, False, eos)

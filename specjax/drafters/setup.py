@@ -12,6 +12,7 @@ from specjax.config import ModelConfig
 from specjax.decode_state import causal_mask
 from specjax.drafters import DrafterError, KINDS, acceptance, lookup, recycle, ssm
 
+AUTO_SSM_EXPANSION = (3, 1, 1, 1)  # the SSMs' expansion under --tree auto (the budget prunes it)
 RECYCLE_EXPANSION = (3, 1, 1, 1)  # the issue's simulation: 1.50 MAT alone on Spec-Bench
 LOOKUP_LENGTH = 4
 LOOKUP_NGRAM = 3
