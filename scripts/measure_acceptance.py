@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from specjax import api, default_model  # noqa: E402
-from specjax.boost.prompts import read_prompt_file  # noqa: E402
 from specjax.drafters import acceptance  # noqa: E402
 from specjax.drafters.setup import AUTO_SSM_EXPANSION  # noqa: E402
 from specjax.engine import Engine  # noqa: E402
@@ -32,19 +31,36 @@ from specjax.sampling import SamplingConfig  # noqa: E402
 from specjax.tree import TreeConfig  # noqa: E402
 
 
+def read_texts(path: str) -> list[str]:
+    """{"prompt": str} or {"messages": [...]} (the last user turn) per line."""
+    out = []
+    for line in Path(path).read_text().split("\n"):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if isinstance(row.get("prompt"), str):
+            out.append(row["prompt"])
+        elif row.get("messages"):
+            out.append([m["content"] for m in row["messages"] if m.get("role") == "user"][-1])
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", default=str(ROOT.parent / "shared" / "data" / "boost_prompts" / "chat_prompts.jsonl"))
-    ap.add_argument("--skip", type=int, default=5000, help="held out: prompts [skip, skip+count)")
+    data = ROOT.parent / "shared" / "data" / "boost_prompts"
+    ap.add_argument("--prompts", nargs="+", default=[str(data / "chat_prompts.jsonl"), str(data / "context_tasks.jsonl")],
+                    help="jsonl files ({prompt} or {messages}); the default drafters never trained on these two")
+    ap.add_argument("--skip", type=int, default=5000, help="held out: prompts [skip, skip+count) of each file, interleaved")
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--write", action="store_true", help="write specjax/drafters/acceptance.json")
     args = ap.parse_args(argv)
-    texts = read_prompt_file(args.prompts)[args.skip: args.skip + args.count]
+    per_file = [read_texts(f)[args.skip: args.skip + -(-args.count // len(args.prompts))] for f in args.prompts]
+    texts = [t for group in zip(*per_file) for t in group][: args.count]
     gen = api.Generator.load(mode="incremental")
     llm = gen.llm
-    prompts = [llm.tokenizer.encode(t, chat=True) for t in texts]
+    prompts = [llm.tokenizer.encode(t, chat=True)[-256:] for t in texts]
     ssms = [api.load(str(p)) for p in default_model.default_ssm_dirs()]
     eos = gen.eos_ids()
     tree = TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms))
@@ -52,7 +68,7 @@ def main(argv=None) -> int:
     runs = {d.name: Engine(llm, ssms, tree, drafters=(d,)) for d in both.drafters}
     runs["recycle"] = Engine(llm, drafters=("recycle",))
     runs["lookup"] = Engine(llm, drafters=("lookup",))
-    out = {"llm": "SmolLM2-135M-Instruct (default)", "prompts": f"{args.prompts} [{args.skip}, {args.skip + args.count})",
+    out = {"llm": "SmolLM2-135M-Instruct (default)", "prompts": f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved",
            "max_new_tokens": args.max_new_tokens, "date": time.strftime("%Y-%m-%d"), "shapes": {},
            "rates": {}, "node_acceptance": {}, "mat": {}}
     for name, engine in runs.items():

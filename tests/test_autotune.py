@@ -5,7 +5,6 @@ when corrupt or stale)."""
 import json
 
 import jax
-import pytest
 
 from specjax import autotune, model
 from specjax.config import ModelConfig

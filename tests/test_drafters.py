@@ -12,10 +12,9 @@ from conftest import perturbed
 from hypothesis import given, settings
 
 from specjax import drafters, model
-from specjax import tree as tree_lib
 from specjax.config import ModelConfig
 from specjax.drafters import DrafterError, lookup, recycle
-from specjax.drafters.base import Proposal, Topology, expansion_topology
+from specjax.drafters.base import Proposal, expansion_topology
 from specjax.drafters.merge import concat_layout, merge
 from specjax.engine import Engine, EngineError, LoadedModel
 from specjax.sampling import SamplingConfig

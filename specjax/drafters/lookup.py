@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 
 import flax.struct
-import jax
 import jax.numpy as jnp
 import numpy as np
 
