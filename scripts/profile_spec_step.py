@@ -53,13 +53,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args(argv)
 
-    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, mode="spec")
+    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree or "3", mode="spec", drafters="ssm")
     llm, ssms, tcfg = gen.llm, gen.ssms, gen.tree
     eos = gen.eos_ids()
     prompt = llm.tokenizer.encode(PROMPT, chat=True)
     engine = gen.engine
     state, cfg = engine.init_spec_state([prompt], 128, SamplingConfig(), 0, eos)
-    ssm_params = tuple(s.params for s in ssms)
+    ssm_params = engine.drafter_params()
     step = jax.jit(spec_step, static_argnames=("cfg",))
     for _ in range(3):  # a few steps in: caches and the SSMs' catch-up look as they do mid-generation
         state = step(llm.params, ssm_params, state, cfg=cfg)
@@ -71,9 +71,9 @@ def main(argv=None) -> int:
     def draft_fn(i):
         f = jax.jit(lambda params, cache, seq, ssm_len, P: draft_tree(
             key, params, ssms[i].cfg, cache, seq, ssm_len, P, topo, cfg.sampling, False)[0])
-        return lambda: f(ssms[i].params, state.ssm_caches[i], base.tokens, state.ssm_len, P)
+        return lambda: f(ssms[i].params, state.drafters[i].cache, base.tokens, state.drafters[i].ssm_len, P)
 
-    drafts = [draft_tree(key, s.params, s.cfg, state.ssm_caches[i], base.tokens, state.ssm_len, P, topo,
+    drafts = [draft_tree(key, s.params, s.cfg, state.drafters[i].cache, base.tokens, state.drafters[i].ssm_len, P, topo,
                          cfg.sampling, False)[0] for i, s in enumerate(ssms)]
     node_tokens = jnp.concatenate([drafts[0]] + [d[:, 1:] for d in drafts[1:]], axis=1)
     merge = jax.jit(lambda t: tree_lib.merge_trees(t, tcfg))

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         from specjax import default_model
 
         ssm_paths = [str(p) for p in default_model.default_ssm_dirs()]
-    gen = api.Generator.load(llm=args.llm, ssms=ssm_paths, mode="spec" if ssm_paths else None)
+    gen = api.Generator.load(llm=args.llm, ssms=ssm_paths, tree="1", drafters="ssm", mode="spec" if ssm_paths else None)
     llm, ssms = gen.llm, list(gen.ssms)
     if not ssms:
         raise SystemExit("error: no SSMs (give --ssm, or ship default drafters)")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -52,53 +53,110 @@ class Generator:
     """An LLM, optional SSMs and a tree config, ready to generate text."""
 
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
-                 max_len: int | None = None, mode: str | None = None, mesh=None, weight_dtype: str | None = None):
+                 max_len: int | None = None, mode: str | None = None, mesh=None, drafters=None,
+                 budget: int | None = None, recycle_table=None, choice=None,
+                 weight_dtype: str | None = None):
+        """drafters: names or configs (see Engine); None: the SSMs alone. choice: the automatic
+        choice (autotune.Choice) that picked them, if any. weight_dtype: see Engine."""
         self.llm = llm
         self.ssms = tuple(ssms)
-        self.mode = mode or ("spec" if self.ssms else "incremental")
+        names = drafters if drafters is not None else (("ssm",) if self.ssms else ())
+        self.mode = mode or ("spec" if names else "incremental")
         if self.mode not in ("spec", "incremental"):
             raise EngineError(f"unknown mode {self.mode!r} (expected 'spec' or 'incremental')")
-        if self.mode == "spec" and not self.ssms:
-            raise EngineError("--mode spec needs at least one SSM (--ssm DIR)")
+        if self.mode == "spec" and not names:
+            raise EngineError("--mode spec needs at least one drafter (--ssm DIR, or --drafters recycle,lookup)")
         self.tree = tree or TreeConfig(num_ssms=max(len(self.ssms), 1))
+        self.choice = choice
+        spec = self.mode == "spec"
         self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len,
-                             mesh=mesh, weight_dtype=weight_dtype)
+                             mesh=mesh, drafters=names if spec else (), budget=budget if spec else None,
+                             recycle_table=recycle_table, weight_dtype=weight_dtype)
         if mesh is None:  # the engine's (possibly packed) weights only: no second copy stays alive
             self.llm, self.ssms = self.engine.llm, self.engine.ssms
 
     @classmethod
     def load(cls, llm: str | None = None, ssms: Sequence[str] = (), tree: str | None = None,
              node_budget: int = 64, max_len: int | None = None, mode: str | None = None,
-             mesh=None, weight_dtype: str | None = None) -> "Generator":
+             mesh=None, drafters: str | Sequence[str] | None = None, budget: int | None = None,
+             recycle_table: str | None = None, log=None, weight_dtype: str | None = None) -> "Generator":
         """mesh: "dp=2,tp=4" (see specjax.sharding.parse_mesh) or a jax.sharding.Mesh; None: one device.
+
+        tree: an expansion 'k1,...,km' for the SSMs, or None / 'auto': the SSMs' shipped (or the
+        paper's) expansion, and, unless a budget is given, drafters and budget chosen for this
+        machine (specjax.autotune; it may choose incremental decoding).
+        drafters: 'ssm,recycle,lookup' or a list of names; None: every one that applies (ssm only
+        with SSMs). recycle_table: a saved recycling table to start from (checked against the LLM).
+        log: where the automatic choice's measurement notes go (e.g. print to stderr).
         weight_dtype: "bfloat16" stores the weights in bf16 for the CPU kernel (see Engine)."""
+        from specjax import drafters as drafters_lib
         from specjax import sharding
 
         if isinstance(mesh, str):
             mesh = sharding.parse_mesh(mesh)
+        auto = tree is None or str(tree).strip() == "auto"
+        if auto:
+            tree = None
+        names = drafters_lib.parse_names(drafters) if isinstance(drafters, str) else (
+            tuple(drafters) if drafters is not None else None)
         llm_model = load(llm, mesh)
         ssm_models = [load(p, mesh, sharding.SSM_SPLIT) for p in ssms]
-        if llm is None and not ssm_models and mode != "incremental":
+        if llm is None and not ssm_models and mode != "incremental" and (names is None or "ssm" in names):
             from specjax import default_model
 
             shipped = default_model.default_tree()
             dirs = default_model.default_ssm_dirs()
-            if shipped is not None and tree is None:  # the shape tuned for these drafters
+            if shipped is not None and tree is None and not auto:  # the shape tuned for these drafters
                 dirs = dirs[: shipped["num_ssms"]]
                 tree = ",".join(map(str, shipped["expansion"]))
             ssm_models = [load(str(p), mesh, sharding.SSM_SPLIT) for p in dirs]
+        if auto and mode != "incremental":
+            from specjax.drafters.setup import AUTO_SSM_EXPANSION
+
+            tree = ",".join(map(str, AUTO_SSM_EXPANSION))  # pruned by the chosen budget
         tree_cfg = None
         if ssm_models:
             tree_cfg = (TreeConfig.parse(tree, num_ssms=len(ssm_models), node_budget=node_budget) if tree
                         else TreeConfig(num_ssms=len(ssm_models), node_budget=node_budget))
-        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh,
-                   weight_dtype=weight_dtype)
+        if names is None:  # every drafter that applies
+            names = (("ssm",) if ssm_models else ()) + ("recycle", "lookup")
+        table = None
+        if recycle_table is not None:
+            from specjax.drafters import recycle
+
+            table = recycle.load(recycle_table, llm_model)
+        choice = None
+        if mode == "incremental":
+            names = ()
+        elif auto and budget is None:
+            from specjax import autotune
+
+            if mesh is None:  # packed once (the probe measures the kernel; the engine below reuses it)
+                from specjax import skinny
+
+                llm_model = dataclasses.replace(llm_model, params=skinny.pack_params(llm_model.params, llm_model.cfg, weight_dtype))
+                ssm_models = [dataclasses.replace(m, params=skinny.pack_params(m.params, m.cfg, weight_dtype))
+                              for m in ssm_models]
+            probe = Engine(llm_model, ssms=ssm_models, tree=tree_cfg, max_len=max_len, drafters=names)
+            costs, _ = autotune.load_or_measure(probe, log=log)
+            choice = autotune.choose(costs, probe.drafters, allow_incremental=mode != "spec")
+            if not choice.drafters:
+                mode, names = "incremental", ()
+            else:
+                names, budget = tuple(d for d in probe.drafters if d.name in choice.drafters), choice.budget
+        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh, drafters=names,
+                   budget=budget, recycle_table=table, choice=choice, weight_dtype=weight_dtype)
 
     def describe(self) -> str:
         c = self.llm.cfg
         s = f"LLM ({c.family}, {c.num_layers} layers, d={c.hidden_size}, V={c.vocab_size})"
         if self.mode == "spec":
-            s += f" + {len(self.ssms)} SSM(s), tree {','.join(map(str, self.tree.expansion))}"
+            names = [d.name for d in self.engine.drafters]
+            s += f" + drafters {','.join(names)}"
+            if any(d.kind == "ssm" for d in self.engine.drafters):
+                s += f" (SSM tree {','.join(map(str, self.tree.expansion))})"
+            if self.engine.budget is not None:
+                s += f", budget {self.engine.budget}"
         if self.engine.mesh is not None:
             from specjax import sharding
 
@@ -168,7 +226,9 @@ class Generator:
             "llm_steps": res.llm_steps,
             "accepted_per_step": res.accepted_per_step,
             "mean_accepted": res.mean_accepted,
-            "acceptance_by_depth": res.acceptance_by_depth(self.tree.depth) if self.mode == "spec" else [],
+            "acceptance_by_depth": (res.acceptance_by_depth(max(d.topology.max_depth for d in self.engine.drafters))
+                                    if self.mode == "spec" else []),
+            "drafter_tokens": res.drafter_tokens,
             "seconds": res.seconds,
             "compile_seconds": res.compile_seconds,
             "finish_reason": res.finish_reason,

@@ -22,9 +22,17 @@ def _add_generate(sub):
                    help="decoding mode (default: spec when drafters are available, else incremental)")
     p.add_argument("--ssm", action="append", default=[], metavar="DIR",
                    help="a speculative model (repeat for an ensemble; default: the embedded LLM's drafters)")
-    p.add_argument("--tree", type=expansion, default=None, help="expansion config k1,...,km (default: the paper's 1,1,3,1,1,1,1,1; "
-                                                 "for the embedded LLM's drafters, their tuned tree.json)")
+    p.add_argument("--tree", default="auto",
+                   help="'auto' (default): drafters and budget chosen for this machine from measured costs "
+                        "(cached) and the drafters' acceptance (it may choose incremental decoding); or the SSMs' "
+                        "expansion k1,...,km (every proposed node is verified unless --budget is given)")
     p.add_argument("--node-budget", type=positive_int, default=64, help="max tree nodes per step over all SSMs")
+    p.add_argument("--drafters", default=None,
+                   help="comma list of ssm, recycle, lookup (default: every one that applies)")
+    p.add_argument("--budget", type=positive_int, default=None,
+                   help="verify the N best proposed nodes per step (by calibrated path score)")
+    p.add_argument("--recycle-table", default=None, help="start token recycling from this saved table")
+    p.add_argument("--save-recycle-table", default=None, help="save the recycling table here at the end")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help='jsonl file: {"prompt": str} or {"prompt_ids": [int, ...]} per line')
@@ -113,9 +121,13 @@ def cmd_generate(args) -> int:
         todo = _resume_plan(args, rows, done)
         t_load = time.perf_counter()
         gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, node_budget=args.node_budget,
-                                 max_len=args.max_len, mode=args.mode, mesh=args.mesh,
+                                 max_len=args.max_len, mode=args.mode, mesh=args.mesh, drafters=args.drafters,
+                                 budget=args.budget, recycle_table=args.recycle_table,
+                                 log=lambda m: print(m, file=sys.stderr),
                                  weight_dtype=None if args.weight_dtype == "float32" else args.weight_dtype)
         print(f"loaded {gen.describe()} in {time.perf_counter() - t_load:.1f}s", file=sys.stderr)
+        if gen.choice is not None:
+            print(f"auto: {gen.choice.reason}", file=sys.stderr)
         gen.engine.progress = lambda line: print(line, file=sys.stderr, flush=True)
         ids = [gen.encode_row(rows[i], args.chat) for i in todo]
         check_rows(gen, args, [rows[i] for i in todo], ids)
@@ -147,6 +159,13 @@ def cmd_generate(args) -> int:
         if writer is not None:
             writer.close(sort_key="index" if len(writer.rows) >= len(rows) else None)
     _summary(gen, outs)
+    if args.save_recycle_table:
+        table = gen.engine.persistent.get("recycle_table")
+        if table is None:
+            raise UsageError("--save-recycle-table: token recycling did not run (drafter 'recycle' unused)")
+        from specjax.drafters import recycle
+
+        recycle.save(args.save_recycle_table, table, gen.llm)
     return 0
 
 
@@ -174,8 +193,13 @@ def _summary(gen, outs: list[dict]) -> None:
         batch_seconds[o["batch"]] = max(batch_seconds.get(o["batch"], 0.0), o["seconds"])
     total_seconds = sum(batch_seconds.values())
     mat = total_tokens / max(total_steps, 1)
+    by = {}
+    for out in outs:
+        for name, n in out.get("drafter_tokens", {}).items():
+            by[name] = by.get(name, 0) + n
+    per = (" accepted_by=" + ",".join(f"{k}:{v}" for k, v in by.items())) if by else ""
     print(f"mode={gen.mode} prompts={len(outs)} new_tokens={total_tokens} llm_steps={total_steps} "
-          f"MAT={mat:.2f} tokens/s={total_tokens / max(total_seconds, 1e-9):.1f} "
+          f"MAT={mat:.2f}{per} tokens/s={total_tokens / max(total_seconds, 1e-9):.1f} "
           f"compile_s={gen.engine.compile_seconds:.1f} (not in tokens/s)", file=sys.stderr)
 
 
@@ -288,6 +312,7 @@ def _add_bench(sub):
     p.add_argument("--batch-prompts", type=positive_int, default=8, help="prompts per batch-mode measurement")
     p.add_argument("--chain-ssm", type=nonneg_int, default=0, help="the SSM for the chain and as HF assistant")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baselines (no torch needed)")
+    p.add_argument("--budget", type=positive_int, default=16, help="node budget of the merged drafters' row (spec-merged-bN)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 question per category, 3 categories, 16 new tokens, B=1,2")
     p.add_argument("--out", default="bench_out",
@@ -327,12 +352,22 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(questions=questions, per_category=args.per_category, categories=cats,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, hf=not args.no_hf,
                       batch_sizes=sizes, batch_prompts=args.batch_prompts, chain_ssm=args.chain_ssm,
-                      seed=args.seed)
+                      seed=args.seed, budget=args.budget)
     if args.quick:
         cfg = dataclasses.replace(cfg, per_category=1, max_new_tokens=min(cfg.max_new_tokens, 16),
                                   batch_sizes=(1, 2), batch_prompts=2)
     check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, mode="spec" if args.ssm else None)
+    tree, ssms = args.tree, list(args.ssm)
+    if args.llm is None and not ssms:  # the shipped drafters at their tuned shape for spec-tree
+        from specjax import default_model
+
+        shipped = default_model.default_tree()
+        dirs = [str(p) for p in default_model.default_ssm_dirs()]
+        if shipped is not None and dirs:
+            ssms = dirs[: shipped["num_ssms"]]
+            tree = tree or ",".join(map(str, shipped["expansion"]))
+    gen = api.Generator.load(llm=args.llm, ssms=ssms, tree=tree or "1,1,3,1,1,1,1,1", drafters="ssm",
+                             mode="spec" if ssms else None)
     if not gen.ssms:
         raise BenchError("no SSMs: give --ssm DIR" + (" (drafters ship only for the embedded LLM)" if args.llm
                                                       else " (the embedded LLM's drafters are not installed)"))

@@ -22,13 +22,14 @@ import numpy as np
 from specjax import model, sharding, skinny
 from specjax.chunked import run_chunked
 from specjax.config import ModelConfig
-from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, step_room
+from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill, step_room
 from specjax.prefill import plan as prefill_plan
 from specjax.prefill import prefill_chunk
+from specjax.drafters.setup import build_drafters, check_budget, prefill_successors
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
 from specjax.incremental import incremental_loop
 from specjax.sampling import SamplingConfig
-from specjax.speculative import SpecConfig, SpecState, spec_loop
+from specjax.speculative import SpecConfig, SpecState, init_stats, spec_loop
 from specjax.tree import TreeConfig
 
 
@@ -58,6 +59,7 @@ class GenerationResult:
     seconds: float  # wall time of the batch this request ran in until it finished (prefill + loop,
     # compilation excluded); the batch's time is its requests' largest
     compile_seconds: float = 0.0  # compilation time spent for this batch (0 when cached)
+    drafter_tokens: dict = dataclasses.field(default_factory=dict)  # drafter -> accepted tokens it proposed
 
     @property
     def mean_accepted(self) -> float:
@@ -91,6 +93,15 @@ def prompt_bucket(n: int) -> int:
 
 def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "bucket", "successors"), donate_argnames=("cache",))
+def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int, successors: int = 0):
+    """The prefilled cache; with successors = k > 0 also the LLM's top-k tokens at every prefilled
+    position [B, bucket, k] (the recycling drafter's first table entries)."""
+    if not successors:
+        return prefill(params, cfg, cache, tokens, prompt_len, bucket)
+    return prefill_successors(params, cfg, cache, tokens, prompt_len, bucket, successors)
 
 
 def _vocab(tokenizer) -> dict:
@@ -140,8 +151,14 @@ class Engine:
     """
 
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
-                 max_len: int | None = None, mesh=None, cpu_kernel: bool | None = None,
+                 max_len: int | None = None, mesh=None, drafters: Sequence | None = None,
+                 budget: int | None = None, recycle_table=None, cpu_kernel: bool | None = None,
                  weight_dtype: str | None = None):
+        """drafters: names ('ssm', 'recycle', 'lookup') or drafter configs (specjax.drafters), merged in
+        this order; 'ssm' stands for every SSM given, each expanding `tree`. None: the SSMs alone.
+        budget: candidate nodes verified per step, the best by path score (None: every proposed node).
+        recycle_table: a [V, k] table to start token recycling from (drafters.recycle.load).
+        cpu_kernel, weight_dtype: see the class docstring."""
         self.llm = llm
         self.ssms = tuple(ssms)
         self.tree = tree
@@ -150,13 +167,15 @@ class Engine:
         self.compile_seconds = 0.0
         self.progress: Callable[[str], None] | None = None  # called with a line on long prefills
         check_drafters(llm, self.ssms)
-        if self.ssms:
-            if tree is None:
-                raise EngineError("speculative decoding needs a TreeConfig")
-            if tree.num_ssms != len(self.ssms):
-                raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
+        if self.ssms and tree is not None and tree.num_ssms != len(self.ssms):
+            raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
+        self.drafters = build_drafters(drafters, llm.cfg, tuple(s.cfg for s in self.ssms), tree)
+        self.budget = budget
+        self.persistent: dict = {"recycle_table": recycle_table}
         if max_len is not None and self._slot_limit() is not None and max_len > self._slot_limit()[0]:
             raise EngineError(f"max_len={max_len} exceeds {self._slot_limit()[1]}")
+        if self.drafters:
+            check_budget(budget, max_len, self._slot_limit())
         self.mesh = mesh
         if mesh is not None:  # weights placed once: the LLM split by the partition rules, SSMs replicated
             place = lambda m, split: dict(zip(("params", "cfg"), sharding.shard_model(m.params, m.cfg, mesh, split)))
@@ -220,8 +239,9 @@ class Engine:
         return slots
 
     def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,
-                   record_steps: int) -> tuple[DecodeState, int]:
-        """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket)."""
+                   record_steps: int, successors: int = 0) -> tuple[DecodeState, int]:
+        """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket); with
+        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position."""
         cfg = self.llm.cfg
         n = len(prompts)
         B = sharding.padded_batch(n, self.mesh)  # a multiple of dp: rows n.. are finished dummies
@@ -235,7 +255,13 @@ class Engine:
         tokens, prompt_len = sharding.shard_rows((tokens, prompt_len), self.mesh)
         dtype = model.compute_dtype(self.llm.params)
         cache = sharding.new_cache(cfg, B, S, dtype, self.mesh)
-        cache = self.prefill(self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket)
+        if successors:  # the recycling drafter's table starts from the prefill's top-k (one call)
+            out = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
+                            dict(cfg=cfg, bucket=bucket, successors=successors))
+            cache, self.prefill_successors = out
+        else:
+            cache = self.prefill(self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket)
+            self.prefill_successors = None
         zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
         max_new = np.where(np.arange(B) < n, max_new_tokens, 0).astype(np.int32)
         state = DecodeState(
@@ -295,8 +321,9 @@ class Engine:
         state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(max_new_tokens, 1))
         static = dict(cfg=self.llm.cfg, sampling_cfg=sampling, eos_ids=eos)
         exe = self._executable("incremental", incremental_loop, (self.llm.params, state, _STEPS), static)
-        return self._decode(prompts, lambda st, n: exe(self.llm.params, st, n), state, lambda st: st,
-                            c0, t0, on_finish, should_stop, steps_per_call)
+        self._decode(prompts, lambda st, n: exe(self.llm.params, st, n), state, lambda st: st,
+                     c0, t0, on_finish, should_stop, steps_per_call)
+        return [self._done[b] for b in range(len(prompts))]
 
     def generate_spec(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
                       sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
@@ -308,48 +335,74 @@ class Engine:
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         c0, t0 = self.compile_seconds, time.perf_counter()
         state, cfg = self.init_spec_state(prompts, max_new_tokens, sampling, seed, eos_ids, sampled_children)
-        ssm_params = tuple(s.params for s in self.ssms)
-        exe = self._executable("spec", spec_loop, (self.llm.params, ssm_params, state, _STEPS), dict(cfg=cfg))
-        return self._decode(prompts, lambda st, n: exe(self.llm.params, ssm_params, st, n), state,
-                            lambda st: st.base, c0, t0, on_finish, should_stop, steps_per_call)
+        params = self.drafter_params()
+        exe = self._executable("spec", spec_loop, (self.llm.params, params, state, _STEPS), dict(cfg=cfg))
+
+        def credit(st, rows, res):  # which drafter proposed the accepted tokens, per row
+            c = sharding.fetch(st.credit)
+            for b, r in zip(rows, res):
+                r.drafter_tokens = {d.name: int(c[b, i]) for i, d in enumerate(self.drafters)}
+
+        final = self._decode(prompts, lambda st, n: exe(self.llm.params, params, st, n), state,
+                             lambda st: st.base, c0, t0, on_finish, should_stop, steps_per_call, credit)
+        self._keep_drafter_state(final)
+        return [self._done[b] for b in range(len(prompts))]
 
     def _decode(self, prompts, call, state, base, c0: float, t0: float, on_finish, should_stop,
-                steps_per_call) -> list[GenerationResult]:
+                steps_per_call, decorate=None):
         """Runs a loop in bounded calls (specjax.chunked); each request's result is built when it
-        finishes, its `seconds` the batch's wall time until then, compilation excluded."""
+        finishes (decorate(state, rows, results) may add to it), its `seconds` the batch's wall time
+        until then, compilation excluded. Returns the final state; the results are in self._done."""
         done: dict[int, GenerationResult] = {}
+        self._done = done
 
         def finished(st, rows):
             rows = [b for b in rows if b < len(prompts)]  # rows past the prompts are mesh padding
             compile_s = self.compile_seconds - c0
             res = self.results(prompts, base(st), time.perf_counter() - t0 - compile_s, compile_s, rows)
+            if decorate is not None:
+                decorate(st, rows, res)
             for b, r in zip(rows, res):
                 done[b] = r
                 if on_finish is not None:
                     on_finish(b, r)
 
-        run_chunked(call, state, base, finished, should_stop, steps_per_call)
-        return [done[b] for b in range(len(prompts))]
+        return run_chunked(call, state, base, finished, should_stop, steps_per_call)
 
     def init_spec_state(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingConfig,
                         seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
                         ) -> tuple[SpecState, SpecConfig]:
         """The speculative loop's static config and its state after the LLM's and every SSM's prefill."""
-        if not self.ssms:
-            raise EngineError("speculative decoding needs at least one SSM")
+        from specjax import drafters as drafters_lib
+        from specjax.drafters.base import InitContext
+
+        if not self.drafters:
+            raise EngineError("speculative decoding needs at least one drafter (an SSM, recycle or lookup)")
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
-        cfg = SpecConfig(llm=self.llm.cfg, ssms=tuple(s.cfg for s in self.ssms), tree=self.tree,
-                         sampling=sampling, eos_ids=eos, sampled_children=sampled_children)
-        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1))
-        B, S = base.tokens.shape
-        caches = []
-        for ssm in self.ssms:
-            dtype = model.compute_dtype(ssm.params)
-            cache = sharding.new_cache(ssm.cfg, B, S, dtype, self.mesh, sharding.SSM_SPLIT)
-            longest = int(max(len(p) for p in prompts))
-            caches.append(self.prefill(ssm.params, ssm.cfg, cache, base.tokens, base.prompt_len, longest, bucket))
-        state = SpecState(base=base, ssm_caches=tuple(caches), ssm_len=jnp.array(base.length, copy=True))
+        cfg = SpecConfig(llm=self.llm.cfg, drafters=self.drafters, sampling=sampling, eos_ids=eos,
+                         sampled_children=sampled_children, budget=self.budget)
+        k = max((d.k for d in self.drafters if d.kind == "recycle"), default=0)
+        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1),
+                                       successors=k)
+        states = []
+        for d, params in zip(self.drafters, self.drafter_params()):
+            ctx = InitContext(base=base, bucket=bucket, run=self._run, params=params,
+                              successors=self.prefill_successors, persistent=self.persistent, mesh=self.mesh)
+            states.append(drafters_lib.module(d).init_state(ctx, d))
+        hits, credit = init_stats(cfg, base.tokens.shape[0])
+        state = SpecState(base=base, drafters=tuple(states), hits=hits, credit=credit)
         return sharding.shard_spec_state(state, cfg, self.mesh), cfg
+
+    def drafter_params(self) -> tuple:
+        """Per drafter, its params (an SSM's weights; None for the model-free drafters)."""
+        return tuple(self.ssms[d.index].params if d.kind == "ssm" else None for d in self.drafters)
+
+    def _keep_drafter_state(self, state: SpecState) -> None:
+        """What outlives a batch: the recycling table."""
+        for d, s in zip(self.drafters, state.drafters):
+            if d.kind == "recycle":
+                self.persistent["recycle_table"] = s.table
+        self.last_hits = sharding.fetch(state.hits)
 
     @staticmethod
     def results(prompts: list[list[int]], state: DecodeState, seconds: float,

@@ -391,13 +391,15 @@ def shard_decode_state(state, cfg: ModelConfig, mesh: Mesh | None, split: dict[s
 
 
 def shard_spec_state(state, cfg, mesh: Mesh | None):
-    """A SpecState (cfg: its SpecConfig) placed: the LLM's as `shard_decode_state`, SSM caches with
-    replicated kv heads, ssm_len over dp."""
+    """A SpecState (cfg: its SpecConfig) placed: the LLM's as `shard_decode_state`, each drafter's
+    state by its own shard_state (SSM caches with replicated kv heads, rows over dp), stats over dp."""
     if mesh is None:
         return state
-    caches = tuple(shard_cache(c, s, mesh, SSM_SPLIT) for c, s in zip(state.ssm_caches, cfg.ssms))
-    return state.replace(base=shard_decode_state(state.base, cfg.llm, mesh), ssm_caches=caches,
-                         ssm_len=shard_rows(state.ssm_len, mesh))
+    from specjax import drafters
+
+    states = tuple(drafters.module(d).shard_state(s, d, mesh) for d, s in zip(cfg.drafters, state.drafters))
+    return state.replace(base=shard_decode_state(state.base, cfg.llm, mesh), drafters=states,
+                         hits=shard_rows(state.hits, mesh), credit=shard_rows(state.credit, mesh))
 
 
 def padded_batch(batch: int, mesh: Mesh | None) -> int:

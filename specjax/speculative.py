@@ -1,12 +1,14 @@
-"""Speculative decoding: prefill, then one jitted while_loop over {draft, merge, verify, commit}.
+"""Speculative decoding: prefill, then one jitted while_loop over {draft, merge, verify, commit, update}.
 
 One step, for every request b with root slot P = length[b]:
 
-    draft    each SSM expands its own token tree over its own cache     (draft.draft_tree)
-    merge    the SSM trees become one padded tree, shared prefixes once  (tree.merge_trees)
-    verify   one LLM forward over root + all nodes with the tree mask,   (model.forward, verify.*)
+    draft    every drafter proposes a subtree from the root                (drafters.*.propose)
+    merge    the proposals become one tree, optionally the N best nodes    (drafters.merge.merge)
+    verify   one LLM forward over root + all nodes with the tree mask,     (model.forward, verify.*)
              positions P + depth, K/V at slots P .. P + N - 1
     commit   the accepted path's K/V move to slots P + 1 ..; accepted tokens + the bonus are emitted
+    update   every drafter updates its own state from the verified tree   (drafters.*.update)
+             and the LLM's logits
 """
 
 from __future__ import annotations
@@ -18,37 +20,78 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from specjax import model, sampling, tree as tree_lib, verify
+from specjax import drafters as drafters_lib
+from specjax import model, sampling, verify
 from specjax.config import ModelConfig
 from specjax.decode_state import DecodeState, record_step, step_room
-from specjax.draft import draft_tree
+from specjax.drafters.merge import concat_layout, merge
 
 
 @dataclasses.dataclass(frozen=True)
 class SpecConfig:
-    """Everything static about a speculative loop (the jit's only static argument besides shapes)."""
+    """Everything static about a speculative loop (the jit's only static argument besides shapes).
+
+    drafters: the drafter configs (specjax.drafters), merged in this order.
+    budget: candidate nodes (root excluded) kept per step, the best by path score; None keeps every
+      proposed node.
+    """
 
     llm: ModelConfig
-    ssms: tuple[ModelConfig, ...]
-    tree: tree_lib.TreeConfig
+    drafters: tuple
     sampling: sampling.SamplingConfig
     eos_ids: tuple[int, ...] = ()
-    sampled_children: bool = True  # stochastic decoding: sample children (True) or take top-k (False)
+    sampled_children: bool = True  # stochastic decoding: sample SSM children (True) or take top-k (False)
+    budget: int | None = None
 
     @property
     def stochastic_drafts(self) -> bool:
         return (not self.sampling.is_greedy) and self.sampled_children
 
     @property
+    def topologies(self) -> tuple:
+        return tuple(d.topology for d in self.drafters)
+
+    @property
+    def num_candidates(self) -> int:
+        """A: proposed nodes of all drafters (root excluded)."""
+        return sum(t.num_nodes for t in self.topologies)
+
+    @property
+    def num_nodes(self) -> int:
+        """N: nodes of the verified tree, root included."""
+        a = self.num_candidates
+        return 1 + (a if self.budget is None else min(a, self.budget))
+
+    @property
+    def depth(self) -> int:
+        return max(t.max_depth for t in self.topologies)
+
+    @property
     def step_room(self) -> int:
-        return step_room(self.tree.num_nodes, self.tree.depth)
+        return step_room(self.num_nodes, self.depth)
+
+    @property
+    def ssms(self) -> tuple[ModelConfig, ...]:
+        return tuple(d.model for d in self.drafters if d.kind == "ssm")
 
 
 @flax.struct.dataclass
 class SpecState:
     base: DecodeState  # LLM cache, token buffer, stops and metrics
-    ssm_caches: tuple  # one KVCache per SSM
-    ssm_len: jax.Array  # [B]: first slot whose SSM K/V are not valid (same for every SSM)
+    drafters: tuple  # one state per drafter
+    hits: jax.Array  # [B, 1 + A] int32: steps in which each proposed node's sequence was accepted
+    credit: jax.Array  # [B, D] int32: accepted tokens each drafter had proposed
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """What a drafter's update sees of the step: root_slot [B] P, running [B], the verified tree
+    (drafters.merge) and the LLM's logits at its nodes [B, N, V]."""
+
+    root_slot: jax.Array
+    running: jax.Array
+    tree: object
+    logits: jax.Array
 
 
 def commit_path(cache: model.KVCache, root_slot, path, num_accepted, running):
@@ -72,29 +115,43 @@ def commit_path(cache: model.KVCache, root_slot, path, num_accepted, running):
     return model.KVCache(k=tuple(map(move, cache.k)), v=tuple(map(move, cache.v)))
 
 
-def spec_step(llm_params, ssm_params: tuple, state: SpecState, cfg: SpecConfig) -> SpecState:
+def accepted_sequences(res: verify.VerifyResult, rep, N: int):
+    """[B, N] bool: node j's sequence was accepted (j or a node with j's representative is on the
+    path; a sampled duplicate can be accepted in its representative's place)."""
+    B = rep.shape[0]
+    M1 = res.path.shape[1]
+    on = (jnp.arange(M1)[None, :] <= res.num_accepted[:, None]) & (jnp.arange(M1)[None, :] >= 1)
+    node = jnp.maximum(res.path, 0)
+    rep_on = jnp.take_along_axis(rep, node, axis=1)  # [B, M1]
+    marks = jax.vmap(lambda r, o: jnp.zeros((N,), bool).at[jnp.where(o, r, N)].set(True, mode="drop"))(rep_on, on)
+    return jnp.take_along_axis(marks, rep, axis=1)
+
+
+def spec_step(llm_params, drafter_params: tuple, state: SpecState, cfg: SpecConfig) -> SpecState:
     base = state.base
     B, S = base.tokens.shape
     P = base.length
     running = ~base.done
-    topo = tree_lib.ssm_topology(cfg.tree.expansion)
-    M = cfg.tree.depth
-    key, *keys = jax.random.split(base.key, len(cfg.ssms) + 2)
+    M = cfg.depth
+    key, *keys = jax.random.split(base.key, len(cfg.drafters) + 2)
 
-    # Draft: each SSM expands its own tree; concatenate (root shared) and merge.
-    node_tokens, node_q, ssm_caches = [], [], []
-    for i, (params, scfg) in enumerate(zip(ssm_params, cfg.ssms)):
-        tokens_i, q_i, cache_i = draft_tree(keys[i], params, scfg, state.ssm_caches[i], base.tokens,
-                                            state.ssm_len, P, topo, cfg.sampling, cfg.stochastic_drafts)
-        node_tokens.append(tokens_i if i == 0 else tokens_i[:, 1:])
-        if q_i is not None:
-            node_q.append(q_i if i == 0 else q_i[:, 1:])
-        ssm_caches.append(cache_i)
-    tree = tree_lib.merge_trees(jnp.concatenate(node_tokens, axis=1), cfg.tree,
-                                keep_duplicates=cfg.stochastic_drafts)
+    # Draft: every drafter proposes a subtree from the root; merge them.
+    proposals, dstates = [], []
+    for i, dcfg in enumerate(cfg.drafters):
+        prop, st = drafters_lib.module(dcfg).propose(keys[i], drafter_params[i], state.drafters[i], dcfg, base,
+                                                     cfg.sampling, cfg.stochastic_drafts)
+        proposals.append(prop)
+        dstates.append(st)
+    root = jnp.take_along_axis(base.tokens, P[:, None], axis=1)[:, 0]
+    stochastic = not cfg.sampling.is_greedy
+    tree, node_q, origin, src, rep = merge(root, proposals, cfg.topologies,
+                                           [d.sampled and cfg.stochastic_drafts for d in cfg.drafters],
+                                           cfg.llm.vocab_size, stochastic, cfg.budget)
     N = tree.tokens.shape[1]
 
     # Verify: one LLM forward over the root and every node.
+    from specjax import tree as tree_lib
+
     positions = P[:, None] + tree.depth
     slots = jnp.where(running[:, None], P[:, None] + jnp.arange(N)[None, :], S)
     mask = tree_lib.tree_attention_mask(tree, P, S, P)
@@ -104,9 +161,7 @@ def spec_step(llm_params, ssm_params: tuple, state: SpecState, cfg: SpecConfig) 
         res = verify.greedy_verify(logits, tree.tokens, tree.parents, tree.valid, M)
     else:
         p = sampling.probs(logits, cfg.sampling)
-        q = (jnp.concatenate(node_q, axis=1) if cfg.stochastic_drafts
-             else jax.nn.one_hot(tree.tokens, logits.shape[-1], dtype=jnp.float32))
-        res = verify.mss_verify(keys[-1], p, tree.tokens, tree.parents, tree.valid, q, M)
+        res = verify.mss_verify(keys[-1], p, tree.tokens, tree.parents, tree.valid, node_q, M)
 
     # Commit: accepted K/V next to the root; emit accepted tokens + the bonus token.
     cache = commit_path(cache, P, res.path, res.num_accepted, running)
@@ -117,16 +172,33 @@ def spec_step(llm_params, ssm_params: tuple, state: SpecState, cfg: SpecConfig) 
     base, n = record_step(base, new_tokens.astype(jnp.int32), res.num_accepted + 1, cfg.eos_ids,
                           cfg.step_room)
     base = base.replace(length=P + n)
-    return SpecState(base=base, ssm_caches=tuple(ssm_caches), ssm_len=jnp.where(running, P + 1, state.ssm_len))
+
+    # Which drafters proposed the emitted accepted tokens (statistics only; a stop may cut the step).
+    acc = accepted_sequences(res, rep, N) & running[:, None] & (tree.depth <= jnp.minimum(res.num_accepted, n)[:, None])
+    hits = jax.vmap(lambda h, s, a: h.at[s].add(a.astype(jnp.int32)))(state.hits, src, acc)
+    D = len(cfg.drafters)
+    by = (acc[:, None, :, None] & (origin[:, None, :, None] == jnp.arange(D)[None, :, None, None])
+          & (tree.depth[:, None, :, None] == jnp.arange(1, M + 1)[None, None, None, :]))  # [B, D, N, M]
+    credit = state.credit + by.any(axis=2).sum(-1).astype(jnp.int32)
+
+    # Update: every drafter learns from the verified tree.
+    step = StepInfo(root_slot=P, running=running, tree=tree, logits=logits)
+    dstates = tuple(drafters_lib.module(d).update(s, d, step) for d, s in zip(cfg.drafters, dstates))
+    return SpecState(base=base, drafters=dstates, hits=hits, credit=credit)
+
+
+def init_stats(cfg: SpecConfig, batch: int) -> tuple[jax.Array, jax.Array]:
+    A = len(concat_layout(cfg.topologies)["parents"])
+    return jnp.zeros((batch, A), jnp.int32), jnp.zeros((batch, len(cfg.drafters)), jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
-def spec_loop(llm_params, ssm_params: tuple, state: SpecState, max_steps, cfg: SpecConfig) -> SpecState:
+def spec_loop(llm_params, drafter_params: tuple, state: SpecState, max_steps, cfg: SpecConfig) -> SpecState:
     """Decodes speculatively until every row has stopped or max_steps (a traced int32 scalar: changing
     it does not recompile) steps have run; the host calls it again to go on."""
     state, _ = jax.lax.while_loop(
         lambda c: jnp.any(~c[0].base.done) & (c[1] < max_steps),
-        lambda c: (spec_step(llm_params, ssm_params, c[0], cfg), c[1] + 1),
+        lambda c: (spec_step(llm_params, drafter_params, c[0], cfg), c[1] + 1),
         (state, jnp.zeros((), jnp.int32)),
     )
     return state

@@ -14,6 +14,21 @@ import pytest
 
 VOCAB, HIDDEN, LAYERS, FFN = 101, 64, 2, 96
 
+
+@pytest.fixture(scope="session", autouse=True)
+def autotune_cache(tmp_path_factory):
+    """The automatic tree choice caches its cost measurements here, not in the user's cache."""
+    import os
+
+    path = tmp_path_factory.mktemp("autotune")
+    old = os.environ.get("SPECJAX_AUTOTUNE_DIR")
+    os.environ["SPECJAX_AUTOTUNE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SPECJAX_AUTOTUNE_DIR", None)
+    else:
+        os.environ["SPECJAX_AUTOTUNE_DIR"] = old
+
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
 

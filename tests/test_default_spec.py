@@ -64,10 +64,11 @@ def test_shipped_drafters_are_exact_and_accept(default_llm_dir):
     assert len(dirs) >= 2, "the default ensemble is not installed (specjax/default_ssms)"
     size = sum(f.stat().st_size for f in default_model.DEFAULT_SSMS_DIR.rglob("*") if f.is_file())
     assert size <= 24e6
-    gen = api.Generator.load()
-    assert gen.mode == "spec" and len(gen.ssms) >= 1
     shipped = default_model.default_tree()
-    assert shipped is None or list(gen.tree.expansion) == shipped["expansion"]
+    tuned = ",".join(map(str, shipped["expansion"])) if shipped else "3"
+    gen = api.Generator.load(tree=tuned, drafters="ssm")  # the SSMs at their tuned shape
+    assert gen.mode == "spec" and len(gen.ssms) >= 1
+    assert list(gen.tree.expansion) == [int(k) for k in tuned.split(",")]
     prompts = [gen.llm.tokenizer.encode(p, chat=True) for p in PROMPTS[:6]]
     spec = gen.generate_ids(prompts, max_new_tokens=64, batch_size=6)
     inc = Engine(gen.llm).generate_incremental(prompts, 64, eos_ids=gen.eos_ids())
@@ -75,7 +76,7 @@ def test_shipped_drafters_are_exact_and_accept(default_llm_dir):
         assert b.token_ids == a.token_ids
     mat = sum(len(r.token_ids) for r in spec) / sum(r.llm_steps for r in spec)
     assert mat > 1.25, mat  # an untrained drafter gives ~1.0; the tuned tree (one level of 3) ~1.5
-    # an explicit tree drafts with the whole shipped ensemble, still exactly
+    # an explicit tree drafts with the whole shipped ensemble, recycling and lookup merged, still exactly
     both = api.Generator.load(tree="1,2,1")
     assert len(both.ssms) == len(dirs)
     spec2 = both.generate_ids(prompts[:3], max_new_tokens=64, batch_size=3)

@@ -31,12 +31,12 @@ def llm():
     return LoadedModel(model.init_params(CFG, jax.random.PRNGKey(3), std=0.8), CFG)
 
 
-def exact_two_token_distribution(llm, s: SamplingConfig) -> np.ndarray:
+def exact_two_token_distribution(llm, s: SamplingConfig, prompt=PROMPT) -> np.ndarray:
     """[V, V]: P(t1, t2) under the LLM's warped distribution."""
-    seqs = jnp.asarray([PROMPT + [t] for t in range(V)])
+    seqs = jnp.asarray([prompt + [t] for t in range(V)])
     logits = model.causal_logits(llm.params, CFG, seqs)  # [V, T, V]
-    p1 = np.asarray(sampling.probs(logits[0, len(PROMPT) - 1], s), np.float64)
-    p2 = np.asarray(sampling.probs(logits[:, len(PROMPT)], s), np.float64)  # [V(t1), V]
+    p1 = np.asarray(sampling.probs(logits[0, len(prompt) - 1], s), np.float64)
+    p2 = np.asarray(sampling.probs(logits[:, len(prompt)], s), np.float64)  # [V(t1), V]
     return p1[:, None] * p2
 
 
@@ -85,3 +85,50 @@ def test_the_engine_test_can_fail(llm):
     for r in out:
         counts[r.token_ids[0], r.token_ids[1]] += 1
     assert chi_square_p(counts, exact_two_token_distribution(llm, s)) < 1e-6
+
+
+REPEATING = [1, 4, 2, 5, 1, 4, 2]  # its suffix 1,4,2 occurs earlier: lookup proposes 5, 1, 4, 2
+
+
+def merged_counts(llm, s: SamplingConfig, budget):
+    ssm = LoadedModel(perturbed(llm.params, 0.4, seed=10), CFG)
+    engine = Engine(llm, ssms=[ssm], tree=TreeConfig(expansion=(2, 1)), drafters=("ssm", "recycle", "lookup"),
+                    budget=budget)
+    engine.generate_spec([REPEATING] * 64, 4, s, seed=1)  # fills the recycling table: it drafts from step 1 on
+    out = engine.generate_spec([REPEATING] * ROWS, 2, s, seed=7)
+    counts = np.zeros((V, V))
+    for r in out:
+        counts[r.token_ids[0], r.token_ids[1]] += 1
+    return counts, out
+
+
+@pytest.mark.parametrize("temperature,budget", [(0.7, None), (1.0, 4)])
+def test_merged_drafters_match_llm_distribution(llm, temperature, budget):
+    """Sampled SSM nodes (their q), deterministic recycling and lookup nodes (one-hot) in one tree,
+    with and without a budget."""
+    s = SamplingConfig(temperature=temperature)
+    counts, out = merged_counts(llm, s, budget)
+    assert chi_square_p(counts, exact_two_token_distribution(llm, s, REPEATING)) > 1e-3
+    for name in ("ssm0", "recycle", "lookup"):  # every drafter's nodes get accepted
+        assert sum(r.drafter_tokens[name] for r in out) > 100
+
+
+def test_the_merged_test_can_fail(llm, monkeypatch):
+    """A wrong rule through the same merged loop: the nodes' q lost on the way to the verifier (zeros:
+    every candidate the LLM could produce is accepted) is caught by the same statistic."""
+    from specjax import speculative
+
+    real = speculative.merge
+
+    def lost_q(*args, **kw):
+        tree, q, origin, src, rep = real(*args, **kw)
+        return tree, jnp.zeros_like(q), origin, src, rep
+
+    monkeypatch.setattr(speculative, "merge", lost_q)
+    jax.clear_caches()  # the loop must be traced again with the wrong rule
+    try:
+        s = SamplingConfig(temperature=1.0)
+        counts, _ = merged_counts(llm, s, None)
+    finally:
+        jax.clear_caches()
+    assert chi_square_p(counts, exact_two_token_distribution(llm, s, REPEATING)) < 1e-6

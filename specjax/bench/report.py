@@ -29,8 +29,27 @@ def _pool(records: Sequence[dict]) -> dict:
     seconds = sum(r["seconds"] for r in records)
     steps = [r["llm_steps"] for r in records]
     mat = tokens / sum(steps) if steps and all(s is not None for s in steps) and sum(steps) > 0 else None
+    by: dict[str, int] = {}
+    for r in records:  # accepted tokens each drafter had proposed (speculative systems)
+        for name, n in (r.get("drafter_tokens") or {}).items():
+            by[name] = by.get(name, 0) + n
     return {"requests": len(records), "new_tokens": tokens, "seconds": seconds, "mat": mat,
-            "tokens_per_s": tokens / seconds if seconds > 0 else None}
+            "tokens_per_s": tokens / seconds if seconds > 0 else None, "accepted_by": by}
+
+
+def drafter_table(summary: dict) -> str:
+    """Markdown: per speculative system, the share of its new tokens each drafter had proposed
+    (overall; a token proposed by several drafters counts for each; the rest are bonus tokens)."""
+    rows = [(s, c[OVERALL]) for s, c in summary.items() if c.get(OVERALL, {}).get("accepted_by")]
+    names = list(dict.fromkeys(n for _, f in rows for n in f["accepted_by"]))
+    if not rows:
+        return ""
+    lines = ["| system | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for s, f in rows:
+        lines.append(f"| {s} | " + " | ".join(
+            _fmt(f["accepted_by"][n] / f["new_tokens"] if n in f["accepted_by"] and f["new_tokens"] else None, ".1%")
+            for n in names) + " |")
+    return "\n".join(lines)
 
 
 def summarize(records: Iterable[dict], baselines: dict[str, str]) -> dict:

@@ -53,6 +53,8 @@ class BenchConfig:
     batch_prompts: int = 8  # prompts per batch-mode measurement (a multiple of each B is used)
     chain_ssm: int = 0  # the SSM used for the chain and as transformers' assistant
     seed: int = 0
+    drafters: bool = True  # rows for the model-free drafters alone and all drafters merged
+    budget: int = 16  # the merged row's node budget
 
 
 def load_questions(path: str | Path, per_category: int | None = None,
@@ -122,6 +124,15 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
         "spec-tree": SpecjaxSystem("spec-tree", spec, True, greedy, eos),
         "spec-chain": SpecjaxSystem("spec-chain", chain, True, greedy, eos),
     }
+    merged = None
+    if cfg.drafters:  # each model-free drafter alone, then every drafter merged under the budget
+        for kind in ("recycle", "lookup"):
+            systems[f"spec-{kind}"] = SpecjaxSystem(f"spec-{kind}", Engine(llm, drafters=(kind,)), True, greedy, eos)
+        from specjax.drafters.setup import AUTO_SSM_EXPANSION
+
+        merged = Engine(llm, ssms, TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms)),
+                        drafters=("ssm", "recycle", "lookup"), budget=cfg.budget)
+        systems[f"spec-merged-b{cfg.budget}"] = SpecjaxSystem(f"spec-merged-b{cfg.budget}", merged, True, greedy, eos)
     if hf is not None:
         systems["hf-generate"] = HFSystem("hf-generate", hf, False, eos)
         systems["hf-assisted"] = HFSystem("hf-assisted", hf, True, eos)
@@ -132,6 +143,10 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
         systems[base] = SpecjaxSystem(base, inc, False, t, eos)
         systems[f"spec-tree@T{cfg.temperature:g}"] = SpecjaxSystem(f"spec-tree@T{cfg.temperature:g}", spec, True, t, eos)
         baselines.update({base: base, f"spec-tree@T{cfg.temperature:g}": base})
+        if merged is not None:
+            name = f"spec-merged-b{cfg.budget}@T{cfg.temperature:g}"
+            systems[name] = SpecjaxSystem(name, merged, True, t, eos)
+            baselines[name] = base
     return systems, baselines
 
 
@@ -298,7 +313,7 @@ def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: 
         "resumed": bool(done_q or done_b),
         "baselines": baselines, "summary": summary, "throughput": report.throughput(batch_records),
         "identical_greedy": {s: identical_outputs(records, s, "incremental")
-                             for s in ("spec-tree", "spec-chain", "hf-generate", "hf-assisted") if s in systems},
+                             for s in systems if "@" not in s and s != "incremental"},
         "acceptance_by_depth": acceptance_by_depth(records, tree.depth),
         "records": records, "batch_records": batch_records,
     }
@@ -336,6 +351,9 @@ def markdown(result: dict) -> str:
              "", "Tokens/s:", "", report.markdown_table(s, "tokens_per_s", greedy + stoch),
              "", "Speedup over specjax incremental decoding (same sampling):", "",
              report.markdown_table(s, "speedup", [x for x in greedy + stoch if not x.startswith("incremental")])]
+    table = report.drafter_table(s)
+    if table:
+        parts += ["", "Accepted tokens by drafter (share of new tokens that drafter had proposed):", "", table]
     same = result.get("identical_greedy") or {}
     if same:
         parts += ["", "Greedy outputs identical to incremental: " +

@@ -34,7 +34,8 @@ class SpecjaxSystem:
         gen = self.engine.generate_spec if self.speculative else self.engine.generate_incremental
         results = gen([list(p) for p in batch], max_new_tokens, self.sampling, seed, self.eos_ids)
         return [{"token_ids": r.token_ids, "new_tokens": len(r.token_ids), "llm_steps": r.llm_steps,
-                 "seconds": r.seconds, "accepted_per_step": r.accepted_per_step} for r in results]
+                 "seconds": r.seconds, "accepted_per_step": r.accepted_per_step,
+                 "drafter_tokens": r.drafter_tokens} for r in results]
 
 
 class HFWorkerError(ValueError):

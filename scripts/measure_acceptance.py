@@ -1,0 +1,101 @@
+"""Measure the drafters' acceptance on the default LLM and write specjax/drafters/acceptance.json.
+
+    python scripts/measure_acceptance.py [--prompts FILE] [--count 8] [--max-new-tokens 96] [--write]
+
+Each drafter alone, at the shape the automatic choice uses (SSMs and recycling 3,1,1,1, lookup a
+chain of 4), greedy, on held-out chat prompts (never Spec-Bench): for every local node j, hits[j] =
+steps in which its sequence was accepted. Written: node_acceptance[name][j] = hits[j] / steps (what
+the automatic choice sums) and rates[name][d-1][r] = conditional acceptance per depth and rank (the
+path scores' calibration). Lookup's rates stay the priors (they are indexed by matched n-gram
+length, which this does not split); its node_acceptance is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from specjax import api, default_model  # noqa: E402
+from specjax.drafters import acceptance  # noqa: E402
+from specjax.drafters.setup import AUTO_SSM_EXPANSION  # noqa: E402
+from specjax.engine import Engine  # noqa: E402
+from specjax.sampling import SamplingConfig  # noqa: E402
+from specjax.tree import TreeConfig  # noqa: E402
+
+
+def read_texts(path: str) -> list[str]:
+    """{"prompt": str} or {"messages": [...]} (the last user turn) per line."""
+    out = []
+    for line in Path(path).read_text().split("\n"):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if isinstance(row.get("prompt"), str):
+            out.append(row["prompt"])
+        elif row.get("messages"):
+            out.append([m["content"] for m in row["messages"] if m.get("role") == "user"][-1])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = ROOT.parent / "shared" / "data" / "boost_prompts"
+    ap.add_argument("--prompts", nargs="+", default=[str(data / "chat_prompts.jsonl"), str(data / "context_tasks.jsonl")],
+                    help="jsonl files ({prompt} or {messages}); the default drafters never trained on these two")
+    ap.add_argument("--skip", type=int, default=5000, help="held out: prompts [skip, skip+count) of each file, interleaved")
+    ap.add_argument("--count", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--write", action="store_true", help="write specjax/drafters/acceptance.json")
+    args = ap.parse_args(argv)
+    per_file = [read_texts(f)[args.skip: args.skip + -(-args.count // len(args.prompts))] for f in args.prompts]
+    texts = [t for group in zip(*per_file) for t in group][: args.count]
+    gen = api.Generator.load(mode="incremental")
+    llm = gen.llm
+    prompts = [llm.tokenizer.encode(t, chat=True)[-256:] for t in texts]
+    ssms = [api.load(str(p)) for p in default_model.default_ssm_dirs()]
+    eos = gen.eos_ids()
+    tree = TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms))
+    both = Engine(llm, ssms, tree, drafters=("ssm",))
+    runs = {d.name: Engine(llm, ssms, tree, drafters=(d,)) for d in both.drafters}
+    runs["recycle"] = Engine(llm, drafters=("recycle",))
+    runs["lookup"] = Engine(llm, drafters=("lookup",))
+    out = {"llm": "SmolLM2-135M-Instruct (default)", "prompts": f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved",
+           "max_new_tokens": args.max_new_tokens, "date": time.strftime("%Y-%m-%d"), "shapes": {},
+           "rates": {}, "node_acceptance": {}, "mat": {}}
+    for name, engine in runs.items():
+        d = engine.drafters[0]
+        hits = np.zeros(1 + d.topology.num_nodes)
+        steps = tokens = 0
+        for i in range(0, len(prompts), args.batch_size):
+            res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens, SamplingConfig(),
+                                       eos_ids=eos)
+            hits += np.asarray(engine.last_hits).sum(0)
+            steps += sum(r.llm_steps for r in res)
+            tokens += sum(len(r.token_ids) for r in res)
+        node = hits[1:] / max(steps, 1)
+        out["node_acceptance"][name] = [round(float(x), 4) for x in node]
+        out["shapes"][name] = [int(x) for x in d.topology.parents]
+        if d.kind != "lookup":
+            out["rates"][name] = acceptance.from_hits(hits[1:], d.topology, steps)
+        out["mat"][name] = round(tokens / max(steps, 1), 3)
+        print(name, "MAT", out["mat"][name], "node acceptance", out["node_acceptance"][name], flush=True)
+    text = json.dumps(out, indent=1)
+    if args.write:
+        acceptance.SHIPPED.write_text(text + "\n")
+        print(f"wrote {acceptance.SHIPPED}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

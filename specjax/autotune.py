@@ -1,0 +1,236 @@
+"""`--tree auto`: choose the drafters and the node budget for the machine this runs on.
+
+    costs (measured once per machine, cached) x acceptance (shipped with the drafters) -> choice
+
+Costs, in seconds, measured with the engine's own params and model.forward (so a faster matmul
+kernel is measured when it lands): verify(N), one LLM forward + LM head over N tree tokens
+(N = 1 is an incremental step), for N in VERIFY_SIZES; and each drafter's own cost per step (an
+SSM's catch-up and levels; the recycling update's top-k over the verified nodes' logits; lookup's
+matching). The LLM is timed whole (one compile per size; a few seconds for small models).
+
+Acceptance: node_acceptance[name][j] = P(drafter's local node j is accepted), per step, from
+drafters/acceptance.json. The expected tokens per step with budget N are 1 + the sum of the N largest
+node acceptances over the chosen drafters (each accepted token is one node; overlap between drafters
+is ignored, which flatters merges a little). The choice maximises expected tokens / step seconds;
+if no choice beats plain decoding by MARGIN, decoding is incremental.
+
+The cache: <user cache>/autotune/costs-<key>.json, key = processor (or accelerator) model, jax
+version and the models' configs. A file that does not parse, or whose key or fields do not match,
+is measured again and rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+VERIFY_SIZES = (1, 2, 4, 8, 16, 32)
+BUDGETS = (1, 2, 4, 8, 16, 32)
+MARGIN = 1.03  # a choice must beat incremental decoding by 3% (measurement noise)
+FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    drafters: tuple[str, ...]  # () = incremental decoding
+    budget: int | None
+    expected_tokens: float
+    speedup: float  # estimated, over incremental decoding
+    reason: str
+
+
+def processor_name() -> str:
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.platform}:{dev.device_kind}"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return "cpu:" + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu:" + (platform.processor() or platform.machine())
+
+
+def cache_key(engine) -> dict:
+    import jax
+
+    models = [engine.llm.cfg.to_json()] + [s.cfg.to_json() for s in engine.ssms]
+    return {"format": FORMAT, "processor": processor_name(), "jax": jax.__version__,
+            "models": hashlib.sha256("\n".join(models).encode()).hexdigest()[:16],
+            "drafters": [d.name for d in engine.drafters]}
+
+
+def cache_path(key: dict) -> Path:
+    """$SPECJAX_AUTOTUNE_DIR, else <specjax's user cache dir>/autotune, one file per key."""
+    import os
+
+    from specjax.default_model import cache_dir
+
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(os.environ["SPECJAX_AUTOTUNE_DIR"]) if os.environ.get("SPECJAX_AUTOTUNE_DIR") else cache_dir() / "autotune"
+    return root / f"costs-{h}.json"
+
+
+def _valid_costs(d, key: dict, drafter_names) -> bool:
+    try:
+        if d["key"] != key:
+            return False
+        v = d["verify"]
+        if sorted(int(n) for n in v) != list(VERIFY_SIZES):
+            return False
+        vals = [float(x) for x in v.values()] + [float(d["drafters"][n]) for n in drafter_names]
+        return all(np.isfinite(x) and x >= 0 for x in vals) and min(float(x) for x in v.values()) > 0
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
+def load_or_measure(engine, log=None) -> tuple[dict, bool]:
+    """(costs, measured_now): {"verify": {N: s}, "drafters": {name: s per step}} from the cache, or
+    measured (and cached) when the cache is missing, corrupt or for another machine/model."""
+    key = cache_key(engine)
+    path = cache_path(key)
+    names = [d.name for d in engine.drafters]
+    if path.is_file():
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            d = None
+        if d is not None and _valid_costs(d, key, names):
+            return {"verify": {int(n): float(s) for n, s in d["verify"].items()},
+                    "drafters": {n: float(d["drafters"][n]) for n in names}}, False
+        if log:
+            log(f"autotune: {path} is corrupt or stale: measuring again")
+    costs = measure(engine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, **costs}, indent=1))
+    tmp.replace(path)
+    return costs, True
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def measure_verify(llm, sizes=VERIFY_SIZES, repeats: int = 5) -> dict[int, float]:
+    """verify(N): the whole LLM's forward + LM head over N tree tokens (sizes interleaved, medians).
+    (Timing a 1- and a 2-layer slice and scaling the difference compiles faster, but multiplies the
+    noise of a shared machine by the layer count: measured here, it was off by 4x.)"""
+    from specjax.tree_search import tree_forward_seconds
+
+    return tree_forward_seconds(llm.params, llm.cfg, sizes, repeats=repeats)
+
+
+def measure_drafter(engine, d, num_nodes: int, repeats: int = 7) -> float:
+    """Seconds one step of drafter d adds, batch 1."""
+    import jax
+    import jax.numpy as jnp
+
+    if d.kind == "ssm":
+        from specjax.tree_search import Costs, step_seconds, tree_forward_seconds
+
+        ssm = engine.ssms[d.index]
+        widths = sorted({len(d.expansion) + 1, *_level_widths(d.expansion)})
+        t = tree_forward_seconds(ssm.params, ssm.cfg, widths, repeats=repeats)
+        costs = Costs(draft_tokens=tuple(widths), draft_seconds=tuple(t[w] for w in widths),
+                      verify_tokens=(1,), verify_seconds=(0.0,))
+        return step_seconds(d.expansion, 1, costs)
+    if d.kind == "recycle":
+        V = engine.llm.cfg.vocab_size
+        logits = jax.random.normal(jax.random.PRNGKey(0), (1, num_nodes, V))
+        f = jax.jit(lambda x: jax.lax.top_k(x, d.k)[1])
+        return _time(f, (logits,), repeats)
+    from specjax.drafters import lookup
+
+    S = 320
+    toks = jax.random.randint(jax.random.PRNGKey(0), (1, S), 0, 50)
+    f = jax.jit(lambda t: lookup.find(t, jnp.asarray([200]), d.max_ngram))
+    return _time(f, (toks,), repeats)
+
+
+def _level_widths(expansion):
+    w, out = 1, []
+    for k in expansion[:-1]:
+        w *= k
+        out.append(w)
+    return out
+
+
+def _time(f, args, repeats: int) -> float:
+    import jax
+
+    jax.block_until_ready(f(*args))
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def measure(engine) -> dict:
+    verify = measure_verify(engine.llm)
+    drafters = {d.name: measure_drafter(engine, d, 16) for d in engine.drafters}
+    return {"verify": verify, "drafters": drafters}
+
+
+# ----------------------------------------------------------------------------- the choice
+
+
+def node_acceptance(d) -> np.ndarray:
+    """P(local node j is accepted) per step, from the shipped statistics or the drafter's rates."""
+    from specjax.drafters import acceptance
+    from specjax.drafters.base import path_scores
+
+    shipped = acceptance.node_acceptance(d.name, d.topology.num_nodes)
+    if shipped is not None:
+        return shipped
+    return path_scores(d.topology, acceptance.rate_fn(d.rates or acceptance.PRIORS[d.kind]))
+
+
+def _interp(table: dict[int, float], n: int) -> float:
+    xs = sorted(table)
+    ys = [table[x] for x in xs]
+    if n <= xs[-1]:
+        return float(np.interp(n, xs, ys))
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return ys[-1] + slope * (n - xs[-1])
+
+
+def choose(costs: dict, drafters: tuple, budgets=BUDGETS, allow_incremental: bool = True) -> Choice:
+    """The best mix of drafters (a non-empty subset, in the given order) and budget, or incremental
+    (unless allow_incremental is False: --mode spec then gets the best tree even if it is slower)."""
+    base = costs["verify"][1]
+    acc = {d.name: node_acceptance(d) for d in drafters}
+    best = None
+    for r in range(1, len(drafters) + 1):
+        for subset in itertools.combinations(drafters, r):
+            pool = np.sort(np.concatenate([acc[d.name] for d in subset]))[::-1]
+            draft_s = sum(costs["drafters"][d.name] for d in subset)
+            for n in budgets:
+                if n > len(pool):
+                    continue
+                e = 1.0 + float(pool[:n].sum())
+                t = draft_s + _interp(costs["verify"], n + 1)
+                speedup = e / t * base
+                if best is None or speedup > best[0]:
+                    best = (speedup, tuple(d.name for d in subset), n, e, t)
+    if best is None or (allow_incremental and best[0] < MARGIN):
+        s = best[0] if best else 0.0
+        return Choice((), None, 1.0, 1.0,
+                      f"incremental: verifying 2 tokens costs {costs['verify'][2] / base:.2f}x one on this machine, "
+                      f"the best tree would reach {s:.2f}x")
+    speedup, names, n, e, t = best
+    return Choice(names, n, e, speedup,
+                  f"{'+'.join(names)} budget {n}: {e:.2f} expected tokens per step at "
+                  f"{t / base:.2f}x a token's cost (verify {n + 1} = {costs['verify'][2] / base:.2f}x at 2, "
+                  f"{_interp(costs['verify'], n + 1) / base:.2f}x at {n + 1}) -> est. {speedup:.2f}x incremental")

@@ -1,0 +1,75 @@
+"""Acceptance statistics shipped with the drafters: the calibration of their path scores.
+
+rates[d-1][r] = P(a drafter's node at depth d, rank r, is accepted | its parent was), measured with
+the engine on the default LLM (scripts/measure_acceptance.py writes acceptance.json). For `lookup`
+the second index is the matched n-gram length minus one instead of a rank. A node's path score is
+the product of the rates along its path, an estimate of its probability of being accepted, so the
+scores of different drafters are comparable and the budgeted merge keeps the nodes worth verifying.
+
+Depths or ranks past the table's use its last entry. A drafter without measured rates uses PRIORS.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+SHIPPED = Path(__file__).with_name("acceptance.json")
+
+# Used only where acceptance.json has no entry (e.g. a user's own SSMs).
+PRIORS = {
+    "ssm": ((0.35, 0.08, 0.04), (0.5, 0.1, 0.05)),
+    "recycle": ((0.3, 0.08, 0.04), (0.4, 0.08, 0.04)),
+    "lookup": ((0.05, 0.2, 0.4, 0.5), (0.2, 0.4, 0.6, 0.7)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped() -> dict:
+    if not SHIPPED.is_file():
+        return {}
+    return json.loads(SHIPPED.read_text())
+
+
+def rates(name: str, kind: str) -> tuple[tuple[float, ...], ...]:
+    """The shipped rates of drafter `name` (ssm0, ssm1, recycle, lookup), else its kind's prior."""
+    table = _shipped().get("rates", {}).get(name)
+    if not table:
+        return PRIORS[kind]
+    return tuple(tuple(float(x) for x in row) for row in table)
+
+
+def rate_fn(table):
+    """(depth, rank) -> rate, clamped to the table."""
+    def rate(depth: int, rank: int) -> float:
+        row = table[min(depth, len(table)) - 1]
+        return float(row[min(rank, len(row) - 1)])
+    return rate
+
+
+def from_hits(hits, topology, steps: int) -> list[list[float]]:
+    """Measured rates [depth][rank] from hits [n] (how often each local node's sequence was accepted)
+    over `steps` verified steps: sum of hits / sum of the parents' hits, per (depth, rank)."""
+    import numpy as np
+
+    hits = np.asarray(hits, np.float64)
+    num = np.zeros((topology.max_depth, int(topology.rank.max()) + 1))
+    den = np.zeros_like(num)
+    for j in range(topology.num_nodes):
+        d, r, p = int(topology.depth[j]) - 1, int(topology.rank[j]), int(topology.parents[j])
+        num[d, r] += hits[j]
+        den[d, r] += steps if p < 0 else hits[p]
+    out = np.where(den > 0, num / np.maximum(den, 1), 0.0)
+    return [[round(float(x), 4) for x in row] for row in out]
+
+
+def node_acceptance(name: str, num_nodes: int):
+    """Shipped P(local node j accepted) per step [n] for drafter `name` at its shipped shape, or
+    None when not shipped (or shipped for another shape)."""
+    import numpy as np
+
+    row = _shipped().get("node_acceptance", {}).get(name)
+    if row is None or len(row) != num_nodes:
+        return None
+    return np.asarray(row, np.float64)

@@ -1,0 +1,81 @@
+"""Host-side set-up of the drafters: names -> static configs, budget checks, the LLM prefill that
+also reads the recycling drafter's first successors."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+
+from specjax import model
+from specjax.config import ModelConfig
+from specjax.decode_state import causal_mask
+from specjax.drafters import DrafterError, KINDS, acceptance, lookup, recycle, ssm
+
+AUTO_SSM_EXPANSION = (3, 1, 1, 1)  # the SSMs' expansion under --tree auto (the budget prunes it)
+RECYCLE_EXPANSION = (3, 1, 1, 1)  # the issue's simulation: 1.50 MAT alone on Spec-Bench
+LOOKUP_LENGTH = 4
+LOOKUP_NGRAM = 3
+
+
+def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple, tree) -> tuple:
+    """Drafter configs from names or configs. 'ssm' expands to one drafter per SSM (the tree's
+    expansion); None means every SSM given (the engine's behaviour before drafters had kinds)."""
+    if spec is None:
+        spec = ("ssm",) if ssm_cfgs else ()
+    if isinstance(spec, str):
+        from specjax.drafters import parse_names
+
+        spec = parse_names(spec)
+    out = []
+    for item in spec:
+        if not isinstance(item, str):
+            out.append(item)
+            continue
+        if item not in KINDS:
+            raise DrafterError(f"unknown drafter {item!r}: known drafters are {', '.join(KINDS)}")
+        if item == "ssm":
+            if not ssm_cfgs:
+                raise DrafterError("drafter 'ssm' needs at least one SSM (--ssm DIR)")
+            if tree is None:
+                raise DrafterError("drafter 'ssm' needs a TreeConfig (the SSMs' expansion)")
+            out += [ssm.Config(model=c, expansion=tree.expansion, index=i, rates=acceptance.rates(f"ssm{i}", "ssm"))
+                    for i, c in enumerate(ssm_cfgs)]
+        elif item == "recycle":
+            k = min(recycle.DEFAULT_K, llm_cfg.vocab_size)
+            out.append(recycle.Config(vocab_size=llm_cfg.vocab_size, k=k,
+                                      expansion=tuple(min(e, k) for e in RECYCLE_EXPANSION),
+                                      rates=acceptance.rates("recycle", "recycle")))
+        else:
+            out.append(lookup.Config(length=LOOKUP_LENGTH, max_ngram=LOOKUP_NGRAM,
+                                     rates=acceptance.rates("lookup", "lookup")))
+    names = [d.name for d in out]
+    if len(set(names)) != len(names):
+        raise DrafterError(f"drafters {names} name one drafter twice")
+    return tuple(out)
+
+
+def check_budget(budget, max_len, slot_limit) -> None:
+    """--budget N: N >= 1 candidate nodes per step, and the step (root + N nodes) must fit the cache."""
+    if budget is None:
+        return
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise DrafterError(f"--budget must be an integer >= 1 (candidate nodes verified per step), got {budget!r}")
+    room = budget + 1
+    for limit, why in ((max_len, f"max_len={max_len} cache slots"),
+                       (None if slot_limit is None else slot_limit[0], None if slot_limit is None else slot_limit[1])):
+        if limit is not None and room > limit:
+            raise DrafterError(f"--budget {budget} needs {room} cache slots per step (the root and {budget} nodes), "
+                               f"more than {why} allow: use a budget of at most {limit - 1}")
+
+
+def prefill_successors(params, cfg: ModelConfig, cache, tokens, prompt_len, bucket: int, k: int):
+    """decode_state.prefill that also returns the LLM's top-k next tokens at every prefilled
+    position: ([cache], successors [B, bucket, k] int32; rows past P-2 are not real)."""
+    B, S = tokens.shape
+    t = jax.numpy.broadcast_to(jax.numpy.arange(bucket), (B, bucket))
+    real = t < (prompt_len - 1)[:, None]
+    slots = jax.numpy.where(real, t, S)
+    hidden, cache = model.forward(params, cfg, tokens[:, :bucket], t, cache, slots, causal_mask(t, S))
+    _, top = jax.lax.top_k(model.lm_head(params, cfg, hidden), k)
+    return cache, top.astype(jax.numpy.int32)
