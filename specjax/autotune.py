@@ -15,7 +15,7 @@ is ignored, which flatters merges a little). The choice maximises expected token
 if no choice beats plain decoding by MARGIN, decoding is incremental.
 
 The cache: <user cache>/autotune/costs-<key>.json, key = processor (or accelerator) model, jax
-version and the models' configs. A file that does not parse, or whose key or fields do not match,
+version, the matmul path (CPU kernel or XLA's dot) and the models' configs. A file that does not parse, or whose key or fields do not match,
 is measured again and rewritten.
 """
 
@@ -64,8 +64,11 @@ def processor_name() -> str:
 def cache_key(engine) -> dict:
     import jax
 
+    from specjax import skinny
+
     models = [engine.llm.cfg.to_json()] + [s.cfg.to_json() for s in engine.ssms]
     return {"format": FORMAT, "processor": processor_name(), "jax": jax.__version__,
+            "matmul": skinny.describe(engine.llm.params),  # the CPU kernel changes every cost
             "models": hashlib.sha256("\n".join(models).encode()).hexdigest()[:16],
             "drafters": [d.name for d in engine.drafters]}
 

@@ -230,3 +230,13 @@ def pack_params(params: dict, cfg, dtype=None) -> dict:
 def is_packed(params) -> bool:
     return any(isinstance(l, PackedWeight) for l in
                jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, PackedWeight)))
+
+
+def describe(params) -> str:
+    """Which matmul path params run on: 'xla', or 'skinny-<isa>-<weight dtype>' (e.g. for cache keys
+    of measured costs, which differ between the two)."""
+    packed = [l for l in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, PackedWeight))
+              if isinstance(l, PackedWeight)]
+    if not packed:
+        return "xla"
+    return f"skinny-{_load()}-{jnp.dtype(packed[0].dtype).name}"
