@@ -22,7 +22,7 @@ def _add_generate(sub):
                    help="decoding mode (default: spec when drafters are available, else incremental)")
     p.add_argument("--ssm", action="append", default=[], metavar="DIR",
                    help="a speculative model (repeat for an ensemble; default: the embedded LLM's drafters)")
-    p.add_argument("--tree", default="auto",
+    p.add_argument("--tree", type=tree_or_auto, default="auto",
                    help="'auto' (default): drafters and budget chosen for this machine from measured costs "
                         "(cached) and the drafters' acceptance (it may choose incremental decoding); or the SSMs' "
                         "expansion k1,...,km (every proposed node is verified unless --budget is given)")
@@ -254,6 +254,11 @@ def data_modes(text: str) -> str:
     if not modes or any(m not in ("greedy", "sample") for m in modes):
         raise argparse.ArgumentTypeError(f"must be a comma list of greedy, sample; got {text!r}")
     return text
+
+
+def tree_or_auto(text: str) -> str:
+    """argparse type of generate's --tree: 'auto' or an expansion config (see `expansion`)."""
+    return "auto" if text.strip() == "auto" else expansion(text)
 
 
 def expansion(text: str) -> str:

@@ -216,8 +216,12 @@ class Engine:
         return min(bounds, default=None)
 
     def spec_room(self) -> int:
-        """Slots one speculative step needs from its root on (see decode_state.step_room)."""
-        return step_room(self.tree.num_nodes, self.tree.depth)
+        """Slots one speculative step needs from its root on (see decode_state.step_room), for the
+        engine's drafters merged (and budgeted) as the loop does (SpecConfig.step_room)."""
+        if not self.drafters:
+            return INCREMENTAL_ROOM
+        cfg = SpecConfig(llm=self.llm.cfg, drafters=self.drafters, sampling=SamplingConfig(), budget=self.budget)
+        return cfg.step_room
 
     def _num_slots(self, longest_prompt: int, max_new_tokens: int, room: int) -> int:
         need = longest_prompt - 1 + room  # the first step must fit after the prompt

@@ -153,12 +153,15 @@ def vocab_fingerprint(llm) -> str:
 
 
 def model_fingerprint(llm) -> str:
-    """The LLM's config and a sample of its weights (the first embedding rows and the first layer's
-    first query block): two checkpoints of one architecture differ here."""
+    """The LLM's config and a sample of its weights (its first 64 embedding rows): two checkpoints of
+    one architecture differ here. Read the same way whether the weights are packed for the CPU kernel
+    or not, and rounded to bf16 so the kernel's bf16 weight storage names the same model."""
+    from specjax import skinny
+
     h = hashlib.sha256(llm.cfg.to_json().encode())
-    p = llm.params
-    for x in (p["embed"][:16], p["layers"][0]["q"][:8]):
-        h.update(np.asarray(jax.device_get(x), np.float32).tobytes())
+    table, ids = llm.params["embed"], jnp.arange(64)
+    rows = table.columns(ids) if isinstance(table, skinny.PackedWeight) else jnp.take(table, ids, axis=0)
+    h.update(np.asarray(jax.device_get(rows.astype(jnp.bfloat16).astype(jnp.float32))).tobytes())
     return h.hexdigest()
 
 
