@@ -64,4 +64,4 @@ def test_no_pytorch_banner(converted):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**env, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
-    assert "PyTorch was not found" not in proc.stderr and "mode=incremental prompts=1" in proc.stderr
+    assert "PyTorch was not found" not in proc.stderr and "prompts=1 new_tokens=2" in proc.stderr

@@ -246,7 +246,7 @@ def test_two_processes_generate_like_one_device(tmp_path):
 
     port = free_port()
     cmd = [sys.executable, "-m", "specjax.cli", "generate", "--distributed", "--mesh", "dp=2,tp=4",
-           "--llm", str(llm_dir), "--ssm", str(ssm_dir), "--tree", "1,2,1", "--prompts",
+           "--llm", str(llm_dir), "--ssm", str(ssm_dir), "--tree", "1,2,1", "--drafters", "ssm", "--prompts",
            str(tmp_path / "prompts.jsonl"), "--max-new-tokens", "12"]
     procs = []
     for pid in range(2):
