@@ -63,7 +63,7 @@ def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys):
     res = json.loads((out / "specbench.json").read_text())
     assert (out / "specbench.png").stat().st_size > 1000 and "Speedup over" in (out / "specbench.md").read_text()
     systems = {"incremental", "spec-tree", "spec-chain", "hf-generate", "hf-assisted", "incremental@T0.7",
-               "spec-tree@T0.7", "spec-recycle", "spec-lookup", "spec-merged-b16", "spec-merged-b16@T0.7"}
+               "spec-tree@T0.7", "spec-recycle", "spec-lookup", "spec-merged-b16", "spec-merged-b16@T0.7", "spec-auto"}
     assert set(res["summary"]) == systems
     # --quick: the first 3 categories, 1 question each, first turn only, 16 new tokens
     assert {(r["category"], r["qid"]) for r in res["records"]} == {("writing", 0), ("math", 2), ("qa", 3)}
@@ -86,7 +86,8 @@ def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys):
     assert res["identical_greedy"]["spec-tree"] == [3, 3] and res["identical_greedy"]["spec-chain"] == [3, 3]
     assert res["identical_greedy"]["hf-generate"] == [3, 3] and res["identical_greedy"]["hf-assisted"] == [3, 3]
     assert res["acceptance_by_depth"]["spec-chain"] == [1.0, 1.0, 1.0]
-    for s in ("spec-recycle", "spec-lookup", "spec-merged-b16"):  # every drafter's row is exact too
+    assert "bench: spec-auto runs " in err  # what the automatic choice picked, and why
+    for s in ("spec-recycle", "spec-lookup", "spec-merged-b16", "spec-auto"):  # every drafter's row is exact too
         assert res["identical_greedy"][s] == [3, 3]
     merged = res["summary"]["spec-merged-b16"]["overall"]["accepted_by"]
     assert set(merged) == {"ssm0", "ssm1", "recycle", "lookup"} and merged["ssm0"] > 0

@@ -215,7 +215,8 @@ def run(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
 
 def test_sharded_cases_on_8_devices():
     """tests/sharded_cases.py with 8 fake CPU devices (see its docstring)."""
-    proc = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/sharded_cases.py"],
+    proc = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+                "tests/sharded_cases.py"],
                {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]

@@ -107,6 +107,25 @@ def _eos(llm: LoadedModel) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def auto_system(llm: LoadedModel, ssms: Sequence[LoadedModel], inc: Engine, sampling: SamplingConfig,
+                eos: tuple[int, ...]) -> SpecjaxSystem:
+    """What `specjax generate` with no tree or budget runs (the automatic choice for this machine, from
+    the cached or freshly measured costs): a merged-drafter engine at the chosen budget, or `inc`."""
+    from specjax import autotune
+    from specjax.drafters.setup import AUTO_SSM_EXPANSION
+
+    tree = TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms))
+    probe = Engine(llm, ssms, tree, drafters=("ssm", "recycle", "lookup"))
+    costs, _ = autotune.load_or_measure(probe)
+    choice = autotune.choose(costs, probe.drafters)
+    print(f"bench: spec-auto runs {choice.reason}", file=sys.stderr)
+    if not choice.drafters:
+        return SpecjaxSystem("spec-auto", inc, False, sampling, eos)
+    names = tuple(d for d in probe.drafters if d.name in choice.drafters)
+    return SpecjaxSystem("spec-auto", Engine(llm, ssms, tree, drafters=names, budget=choice.budget), True,
+                         sampling, eos)
+
+
 def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: BenchConfig,
                   hf: HFWorker | None) -> tuple[dict, dict]:
     """-> (systems by name, baselines: system -> the system its speedup is against)."""
@@ -133,6 +152,7 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
         merged = Engine(llm, ssms, TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms)),
                         drafters=("ssm", "recycle", "lookup"), budget=cfg.budget)
         systems[f"spec-merged-b{cfg.budget}"] = SpecjaxSystem(f"spec-merged-b{cfg.budget}", merged, True, greedy, eos)
+        systems["spec-auto"] = auto_system(llm, ssms, inc, greedy, eos)
     if hf is not None:
         systems["hf-generate"] = HFSystem("hf-generate", hf, False, eos)
         systems["hf-assisted"] = HFSystem("hf-assisted", hf, True, eos)
