@@ -144,8 +144,13 @@ class Generator:
                 mode, names = "incremental", ()
             else:
                 names, budget = tuple(d for d in probe.drafters if d.name in choice.drafters), choice.budget
-        return cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh, drafters=names,
-                   budget=budget, recycle_table=table, choice=choice, weight_dtype=weight_dtype)
+        gen = cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh, drafters=names,
+                  budget=budget, recycle_table=table, choice=choice, weight_dtype=weight_dtype)
+        if choice is not None and choice.drafters:  # watched: a request that drafts badly goes incremental
+            from specjax.fallback import FallbackConfig
+
+            gen.engine.fallback = FallbackConfig.from_costs(costs)
+        return gen
 
     def describe(self) -> str:
         c = self.llm.cfg

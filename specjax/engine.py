@@ -26,6 +26,7 @@ from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, Decode
 from specjax.prefill import plan as prefill_plan
 from specjax.prefill import prefill_chunk
 from specjax.drafters.setup import build_drafters, check_budget, prefill_successors
+from specjax.fallback import FallbackConfig, Watch
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
 from specjax.incremental import incremental_loop
 from specjax.sampling import SamplingConfig
@@ -166,6 +167,10 @@ class Engine:
         self._compiled: dict = {}
         self.compile_seconds = 0.0
         self.progress: Callable[[str], None] | None = None  # called with a line on long prefills
+        # Watch speculation and fall back to incremental decoding within a request when it is slower
+        # (specjax.fallback; the automatic choice sets it). last_fallback: why the last batch did, or "".
+        self.fallback: FallbackConfig | None = None
+        self.last_fallback = ""
         check_drafters(llm, self.ssms)
         if self.ssms and tree is not None and tree.num_ssms != len(self.ssms):
             raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
@@ -347,8 +352,17 @@ class Engine:
             for b, r in zip(rows, res):
                 r.drafter_tokens = {d.name: int(c[b, i]) for i, d in enumerate(self.drafters)}
 
-        final = self._decode(prompts, lambda st, n: exe(self.llm.params, params, st, n), state,
-                             lambda st: st.base, c0, t0, on_finish, should_stop, steps_per_call, credit)
+        call = lambda st, n: exe(self.llm.params, params, st, n)
+        if self.fallback is not None:
+            inc_static = dict(cfg=self.llm.cfg, sampling_cfg=cfg.sampling, eos_ids=cfg.eos_ids)
+            inc = lambda base: functools.partial(  # compiled only when the watch falls back
+                self._executable("incremental", incremental_loop, (self.llm.params, base, _STEPS), inc_static),
+                self.llm.params)
+            call = Watch(self.fallback, call, inc, base=lambda st: st.base,
+                         replace_base=lambda st, b: st.replace(base=b), log=self.progress)
+        final = self._decode(prompts, call, state, lambda st: st.base, c0, t0, on_finish, should_stop,
+                             steps_per_call, credit)
+        self.last_fallback = call.reason if isinstance(call, Watch) else ""
         self._keep_drafter_state(final)
         return [self._done[b] for b in range(len(prompts))]
 

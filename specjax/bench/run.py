@@ -110,7 +110,8 @@ def _eos(llm: LoadedModel) -> tuple[int, ...]:
 def auto_system(llm: LoadedModel, ssms: Sequence[LoadedModel], inc: Engine, sampling: SamplingConfig,
                 eos: tuple[int, ...]) -> SpecjaxSystem:
     """What `specjax generate` with no tree or budget runs (the automatic choice for this machine, from
-    the cached or freshly measured costs): a merged-drafter engine at the chosen budget, or `inc`."""
+    the cached or freshly measured costs): a merged-drafter engine at the chosen budget, watched for
+    falling back to incremental decoding (specjax.fallback), or `inc`."""
     from specjax import autotune
     from specjax.drafters.setup import AUTO_SSM_EXPANSION
 
@@ -121,9 +122,12 @@ def auto_system(llm: LoadedModel, ssms: Sequence[LoadedModel], inc: Engine, samp
     print(f"bench: spec-auto runs {choice.reason}", file=sys.stderr)
     if not choice.drafters:
         return SpecjaxSystem("spec-auto", inc, False, sampling, eos)
+    from specjax.fallback import FallbackConfig
+
     names = tuple(d for d in probe.drafters if d.name in choice.drafters)
-    return SpecjaxSystem("spec-auto", Engine(llm, ssms, tree, drafters=names, budget=choice.budget), True,
-                         sampling, eos)
+    engine = Engine(llm, ssms, tree, drafters=names, budget=choice.budget)
+    engine.fallback = FallbackConfig.from_costs(costs)  # as Generator.load sets it
+    return SpecjaxSystem("spec-auto", engine, True, sampling, eos)
 
 
 def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: BenchConfig,
