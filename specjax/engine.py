@@ -59,6 +59,7 @@ class GenerationResult:
     seconds: float  # wall time of the batch this request ran in until it finished (prefill + loop,
     # compilation excluded); the batch's time is its requests' largest
     compile_seconds: float = 0.0  # compilation time spent for this batch (0 when cached)
+    batch: int | None = None  # the batch it ran in (continuous batching: 0, one batch refilled); None: by index
     drafter_tokens: dict = dataclasses.field(default_factory=dict)  # drafter -> accepted tokens it proposed
 
     @property
@@ -243,14 +244,15 @@ class Engine:
         return slots
 
     def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,
-                   record_steps: int, successors: int = 0) -> tuple[DecodeState, int]:
+                   record_steps: int, successors: int = 0, num_slots: int | None = None) -> tuple[DecodeState, int]:
         """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket); with
-        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position."""
+        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position.
+        num_slots: S as given (a row for continuous batching's fixed cache); None: sized from the prompts."""
         cfg = self.llm.cfg
         n = len(prompts)
         B = sharding.padded_batch(n, self.mesh)  # a multiple of dp: rows n.. are finished dummies
         longest = max(len(p) for p in prompts)
-        S = self._num_slots(longest, max_new_tokens, room)
+        S = self._num_slots(longest, max_new_tokens, room) if num_slots is None else num_slots
         bucket = min(prompt_bucket(longest), S)
         tokens = np.zeros((B, S), np.int32)
         for b, p in enumerate(prompts):
@@ -374,9 +376,11 @@ class Engine:
         return run_chunked(call, state, base, finished, should_stop, steps_per_call)
 
     def init_spec_state(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingConfig,
-                        seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
+                        seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True,
+                        num_slots: int | None = None, record_steps: int | None = None
                         ) -> tuple[SpecState, SpecConfig]:
-        """The speculative loop's static config and its state after the LLM's and every SSM's prefill."""
+        """The speculative loop's static config and its state after the LLM's and every SSM's prefill
+        (num_slots, record_steps: S and R as given, see init_state; None: sized from the prompts)."""
         from specjax import drafters as drafters_lib
         from specjax.drafters.base import InitContext
 
@@ -386,8 +390,9 @@ class Engine:
         cfg = SpecConfig(llm=self.llm.cfg, drafters=self.drafters, sampling=sampling, eos_ids=eos,
                          sampled_children=sampled_children, budget=self.budget)
         k = max((d.k for d in self.drafters if d.kind == "recycle"), default=0)
-        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1),
-                                       successors=k)
+        R = max(max_new_tokens, 1) if record_steps is None else record_steps
+        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, R, successors=k,
+                                       num_slots=num_slots)
         states = []
         for d, params in zip(self.drafters, self.drafter_params()):
             ctx = InitContext(base=base, bucket=bucket, run=self._run, params=params,
