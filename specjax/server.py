@@ -366,10 +366,28 @@ def build_app(gen, worker: Worker, model_name: str):
 def serve(gen, host: str, port: int, rows: int, num_slots: int, model_name: str,
           steps_per_call: int | None = None, log_level: str = "info") -> None:
     """Runs the server until SIGINT / SIGTERM (uvicorn's handlers: open responses finish first)."""
+    import contextlib
+    import signal
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            """uvicorn's graceful stop on SIGINT / SIGTERM, without re-raising the signal afterwards:
+            a clean shutdown exits with status 0."""
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
 
     worker = Worker(gen, rows, num_slots, steps_per_call)
     app = build_app(gen, worker, model_name)
     print(f"specjax serve: {model_name} on http://{host}:{port} ({rows} rows x {num_slots} cache slots, "
           f"mode {gen.mode})", file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)).run()
+    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)).run()
