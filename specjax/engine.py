@@ -121,6 +121,12 @@ def check_drafters(llm: LoadedModel, ssms: Sequence[LoadedModel]) -> None:
                                   "tokens): drafters must use the LLM's tokenizer")
 
 
+def _most(max_new_tokens) -> int:
+    """max_new_tokens is one int for every prompt or one per prompt (a static batch still runs until
+    its last row stops)."""
+    return int(max_new_tokens) if np.ndim(max_new_tokens) == 0 else int(max(max_new_tokens))
+
+
 def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
     out = []
     for i, p in enumerate(prompts):
@@ -252,7 +258,7 @@ class Engine:
         n = len(prompts)
         B = sharding.padded_batch(n, self.mesh)  # a multiple of dp: rows n.. are finished dummies
         longest = max(len(p) for p in prompts)
-        S = self._num_slots(longest, max_new_tokens, room) if num_slots is None else num_slots
+        S = self._num_slots(longest, _most(max_new_tokens), room) if num_slots is None else num_slots
         bucket = min(prompt_bucket(longest), S)
         tokens = np.zeros((B, S), np.int32)
         for b, p in enumerate(prompts):
@@ -269,7 +275,8 @@ class Engine:
             cache = self.prefill(self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket)
             self.prefill_successors = None
         zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
-        max_new = np.where(np.arange(B) < n, max_new_tokens, 0).astype(np.int32)
+        max_new = np.zeros(B, np.int32)  # rows n.. (mesh padding) have nothing to generate
+        max_new[:n] = max_new_tokens  # one for all, or one per prompt
         state = DecodeState(
             cache=cache, tokens=tokens, length=prompt_len - 1, prompt_len=prompt_len,
             max_new=jnp.asarray(max_new), num_new=zeros(),
@@ -324,7 +331,7 @@ class Engine:
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         c0, t0 = self.compile_seconds, time.perf_counter()
-        state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(max_new_tokens, 1))
+        state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(_most(max_new_tokens), 1))
         static = dict(cfg=self.llm.cfg, sampling_cfg=sampling, eos_ids=eos)
         exe = self._executable("incremental", incremental_loop, (self.llm.params, state, _STEPS), static)
         self._decode(prompts, lambda st, n: exe(self.llm.params, st, n), state, lambda st: st,
@@ -390,7 +397,7 @@ class Engine:
         cfg = SpecConfig(llm=self.llm.cfg, drafters=self.drafters, sampling=sampling, eos_ids=eos,
                          sampled_children=sampled_children, budget=self.budget)
         k = max((d.k for d in self.drafters if d.kind == "recycle"), default=0)
-        R = max(max_new_tokens, 1) if record_steps is None else record_steps
+        R = max(_most(max_new_tokens), 1) if record_steps is None else record_steps
         base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, R, successors=k,
                                        num_slots=num_slots)
         states = []
