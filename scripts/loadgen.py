@@ -1,12 +1,14 @@
-"""Load generator for `specjax serve`: N concurrent clients streaming /v1/completions on loopback.
+"""Load generator for `specjax serve`: N concurrent clients streaming chat completions on loopback.
 
     python scripts/loadgen.py --port 8000 --concurrency 8 --requests 32 --max-tokens 64
+
+(--endpoint completions sends the prompts raw to /v1/completions: an instruct model may end at once.)
 
 Each client sends its requests one after another (stream: true, greedy unless --temperature) until
 --requests in all have been sent, or --time-limit seconds passed. Reports, over the requests:
 output tokens/s (completion tokens of all requests / wall time), time to first token (request sent ->
-first text chunk) and inter-token latency (gaps between text chunks, divided by the tokens a chunk
-carries when the server sends several at once) as p50 / p90 / p99, and a JSON line with it all.
+first text chunk) and inter-token latency (per request: first to last text chunk over its tokens after
+the first) as p50 / p90 / p99 over requests, and a JSON line with it all.
 Only a loopback host is accepted (this is a benchmark, not a load test of someone else's server).
 """
 
@@ -34,19 +36,21 @@ def loopback(host: str) -> str:
     return host
 
 
-def one_request(host, port, model, prompt, max_tokens, temperature, timeout):
+def one_request(host, port, model, prompt, max_tokens, temperature, timeout, chat=True):
     """Streams one completion. Returns (ttft, [inter-token gaps], completion tokens, ok)."""
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-                       "stream": True, "stream_options": {"include_usage": True}})
+    body = {"model": model, "max_tokens": max_tokens, "temperature": temperature, "stream": True,
+            "stream_options": {"include_usage": True}}
+    body.update({"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt})
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/chat/completions" if chat else "/v1/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
     resp = conn.getresponse()
     if resp.status != 200:
         resp.read()
         conn.close()
         return None, [], 0, False
-    ttft, last, gaps, tokens = None, None, [], 0
+    ttft, first, last, tokens = None, None, None, 0
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data: "):
@@ -57,16 +61,16 @@ def one_request(host, port, model, prompt, max_tokens, temperature, timeout):
         chunk = json.loads(data)
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
-        text = chunk["choices"][0]["text"] if chunk.get("choices") else ""
+        choice = chunk["choices"][0] if chunk.get("choices") else {}
+        text = (choice.get("delta", {}).get("content") if chat else choice.get("text")) or ""
         if not text:
             continue
-        now = time.perf_counter()
+        last = time.perf_counter()
         if ttft is None:
-            ttft = now - t0
-        else:  # a chunk may carry several tokens (a speculative step, a longer loop call)
-            n = max(1, len(text.split()))
-            gaps += [(now - last) / n] * n
-        last = now
+            first, ttft = last, last - t0
+    # inter-token latency: the request's time from its first to its last text chunk over the tokens after
+    # the first (chunks may carry several tokens: a speculative step, a longer loop call)
+    gaps = [(last - first) / (tokens - 1)] if ttft is not None and tokens > 1 else []
     conn.close()
     return ttft, gaps, tokens, True
 
@@ -79,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=8, help="clients at once (at most 256)")
     p.add_argument("--requests", type=int, default=32, help="requests in all (at most 4096)")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--time-limit", type=float, default=600.0, help="stop sending after this many seconds")
     p.add_argument("--prompts", default=None, help="jsonl of {\"prompt\": str} (default: built-in questions)")
@@ -110,7 +115,7 @@ def main(argv=None) -> int:
             if i is None:
                 return
             r = one_request(host, args.port, model, prompts[i % len(prompts)], args.max_tokens, args.temperature,
-                            timeout=args.time_limit)
+                            timeout=args.time_limit, chat=args.endpoint == "chat")
             with lock:
                 results.append(r)
 
@@ -125,7 +130,7 @@ def main(argv=None) -> int:
     ttft = np.asarray([r[0] for r in ok if r[0] is not None])
     itl = np.asarray([g for r in ok for g in r[1]])
     pct = lambda x: {f"p{q}": float(np.percentile(x, q)) if len(x) else None for q in (50, 90, 99)}
-    report = dict(concurrency=args.concurrency, requests=len(results), failed=len(results) - len(ok),
+    report = dict(endpoint=args.endpoint, concurrency=args.concurrency, requests=len(results), failed=len(results) - len(ok),
                   max_tokens=args.max_tokens, completion_tokens=tokens, seconds=wall, tokens_per_s=tokens / wall,
                   ttft_s=pct(ttft), itl_s=pct(itl))
     f = lambda d: " ".join(f"{k}={v * 1000:.0f}ms" for k, v in d.items() if v is not None)
