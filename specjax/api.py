@@ -179,13 +179,29 @@ class Generator:
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128,
                      sampling: SamplingConfig = SamplingConfig(), seed: int = 0, batch_size: int = 8,
                      on_result: Callable[[int, GenerationResult], None] | None = None,
-                     should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
-        """Token ids in, GenerationResults out, in batches of batch_size. on_result(i, result) is called
-        as request i finishes; should_stop() is polled between calls of the decode loop (True raises
-        specjax.interrupt.Interrupted)."""
+                     should_stop: Callable[[], bool] | None = None,
+                     batching: str | None = None) -> list[GenerationResult]:
+        """Token ids in, GenerationResults out (in input order). on_result(i, result) is called as
+        request i finishes; should_stop() is polled between calls of the decode loop (True raises
+        specjax.interrupt.Interrupted).
+
+        batching: "continuous" (default on one device): batch_size rows, each taking the next prompt
+        as soon as its request finishes (specjax.batching; sampling draws from one key seeded with
+        `seed`); "static" (default with a mesh): batches of batch_size prompts, each decoded until its
+        last row stops, batch i seeded with seed + i."""
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
+        batching = batching or ("static" if self.engine.mesh is not None else "continuous")
+        if batching not in ("continuous", "static"):
+            raise EngineError(f"unknown batching {batching!r} (expected 'continuous' or 'static')")
         eos = self.eos_ids()
+        if batching == "continuous":
+            if not prompts:
+                return []
+            from specjax import batching as batching_lib
+
+            return batching_lib.generate(self.engine, prompts, max_new_tokens, self.mode == "spec", batch_size,
+                                         sampling, seed, eos, on_finish=on_result, should_stop=should_stop)
         out: list[GenerationResult] = []
         for i in range(0, len(prompts), batch_size):
             batch = [list(p) for p in prompts[i:i + batch_size]]
@@ -199,6 +215,40 @@ class Generator:
         if self.llm.tokenizer is not None:
             ids |= set(self.llm.tokenizer.eos_token_ids)
         return tuple(sorted(ids))
+
+    def stream(self, prompt: str | Sequence[int], chat: bool = False, max_new_tokens: int = 128,
+               sampling: SamplingConfig = SamplingConfig(), seed: int = 0, text: bool = True):
+        """Yields the output as the loop commits it: text pieces that concatenate to the generated
+        text (text=False: lists of new token ids). The finished GenerationResult is then in
+        self.last_result. prompt: text (encoded, chat template if chat) or token ids."""
+        from specjax import batching
+        from specjax.engine import check_prompts
+        from specjax.streaming import TextDelta
+
+        ids = list(prompt) if not isinstance(prompt, str) else self.encode_row({"prompt": prompt}, chat)
+        [ids] = check_prompts([ids], self.llm.cfg.vocab_size)
+        spec = self.mode == "spec"
+        if text and self.llm.tokenizer is None:
+            raise EngineError("this model has no tokenizer: stream token ids (text=False)")
+        S = batching.slots_for(self.engine, [ids], max_new_tokens, spec)
+        b = batching.Batcher(self.engine, spec, 1, S, self.eos_ids(), sampling, seed)
+        pending: list[list[int]] = []
+        done: list[GenerationResult] = []
+        b.waiting.append(batching.Request(prompt=ids, max_new_tokens=max_new_tokens, sampling=sampling,
+                                          on_tokens=pending.append, on_done=done.append))
+        delta = TextDelta(self.llm.tokenizer) if text else None
+        while b.step():
+            for new in pending:
+                piece = delta.feed(new) if text else new
+                if piece:
+                    yield piece
+            pending.clear()
+        b.keep_drafter_state()
+        if text:
+            rest = delta.flush()
+            if rest:
+                yield rest
+        self.last_result = done[0]
 
     def generate(self, prompts: Sequence[str], chat: bool = False, **kw) -> list[dict]:
         return self.generate_rows([{"prompt": p} for p in prompts], chat=chat, **kw)
@@ -223,7 +273,7 @@ class Generator:
         tok = self.llm.tokenizer
         return {
             "index": i,
-            "batch": i // batch_size,
+            "batch": res.batch if res.batch is not None else i // batch_size,
             "prompt": row.get("prompt"),
             "prompt_ids": res.prompt_ids,
             "text": tok.decode(res.token_ids) if tok is not None else None,

@@ -46,7 +46,13 @@ def _add_generate(sub):
     p.add_argument("--top-k", type=nonneg_int, default=None,
                    help="sampling only: keep the k most likely tokens (default: 0, off)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed of sampling (batch i uses seed + i)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together (rows of the batch)")
+    p.add_argument("--batching", choices=["continuous", "static"], default=None,
+                   help="continuous: a row takes the next prompt as soon as its request finishes (default on "
+                        "one device); static: batches of --batch-size prompts, each until its last row stops "
+                        "(default with --mesh)")
+    p.add_argument("--stream", action="store_true",
+                   help="with --prompt: print the text as it is generated")
     p.add_argument("--output", help="write one json line per prompt here, as each finishes (default: print the text)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
@@ -100,6 +106,8 @@ def cmd_generate(args) -> int:
     if (args.overwrite or args.resume) and not args.output:
         raise UsageError(f"{'--overwrite' if args.overwrite else '--resume'} needs --output FILE")
     validate.check_sampling_flags(args.temperature, args.top_p, args.top_k)
+    if args.stream and (args.prompt is None or args.output):
+        raise UsageError("--stream prints one --prompt's text as it comes: give --prompt TEXT and no --output")
     rows = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k or 0,
                               top_p=1.0 if args.top_p is None else args.top_p)
@@ -146,10 +154,12 @@ def cmd_generate(args) -> int:
                 print(out["text"] if out["text"] is not None else out["token_ids"])
                 print("-" * 40, flush=True)
 
+        if args.stream:
+            return _stream(gen, ids[0], args, sampling)
         with stop_on_sigint() as stop:
             try:
                 gen.generate_ids(ids, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
-                                 batch_size=args.batch_size, should_stop=stop.is_set,
+                                 batch_size=args.batch_size, should_stop=stop.is_set, batching=args.batching,
                                  on_result=lambda i, r: emit(gen.row_output(i, {}, r, args.batch_size)))
             except Interrupted:
                 where = f" to {args.output} (--resume continues)" if writer is not None else ""
@@ -166,6 +176,19 @@ def cmd_generate(args) -> int:
         from specjax.drafters import recycle
 
         recycle.save(args.save_recycle_table, table, gen.llm)
+    return 0
+
+
+def _stream(gen, ids: list[int], args, sampling) -> int:
+    """--stream: the text of one prompt printed piece by piece as the loop commits it."""
+    t0 = time.perf_counter()
+    text = gen.llm.tokenizer is not None
+    for piece in gen.stream(ids, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed, text=text):
+        print(piece if text else " ".join(map(str, piece)), end="" if text else " ", flush=True)
+    print(flush=True)
+    r = gen.last_result
+    print(f"mode={gen.mode} new_tokens={len(r.token_ids)} llm_steps={r.llm_steps} MAT={r.mean_accepted:.2f} "
+          f"finish={r.finish_reason} seconds={time.perf_counter() - t0:.1f}", file=sys.stderr)
     return 0
 
 
@@ -201,6 +224,57 @@ def _summary(gen, outs: list[dict]) -> None:
     print(f"mode={gen.mode} prompts={len(outs)} new_tokens={total_tokens} llm_steps={total_steps} "
           f"MAT={mat:.2f}{per} tokens/s={total_tokens / max(total_seconds, 1e-9):.1f} "
           f"compile_s={gen.engine.compile_seconds:.1f} (not in tokens/s)", file=sys.stderr)
+
+
+def _add_serve(sub):
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (continuous batching, streaming)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--llm", help="specjax checkpoint dir, HF model dir or .gguf (default: the embedded "
+                                 "SmolLM2-135M-Instruct)")
+    p.add_argument("--ssm", action="append", default=[], metavar="DIR", help="a speculative model (repeat for several)")
+    p.add_argument("--mode", choices=["incremental", "spec"], default=None, help="as for generate")
+    p.add_argument("--tree", type=tree_or_auto, default="auto", help="as for generate")
+    p.add_argument("--node-budget", type=positive_int, default=64, help="max tree nodes per step over all SSMs")
+    p.add_argument("--drafters", default=None, help="comma list of ssm, recycle, lookup (as for generate)")
+    p.add_argument("--budget", type=positive_int, default=None, help="verify the N best proposed nodes per step")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="B: requests decoded together (rows)")
+    p.add_argument("--max-len", type=positive_int, default=None,
+                   help="S: cache slots per request, prompt + max_tokens + one step (default: 2048, at most "
+                        "the model's context)")
+    p.add_argument("--steps-per-call", type=positive_int, default=None,
+                   help="K: decode steps per return to the host at most (default: about 0.1 s of work)")
+    p.add_argument("--model-name", default=None,
+                   help="the model id clients name (default: the --llm directory's name, or specjax-default)")
+    p.add_argument("--weight-dtype", choices=["float32", "bfloat16"], default="float32", help="as for generate")
+    p.set_defaults(func=cmd_serve)
+
+
+SERVE_SLOTS = 2048
+
+
+def cmd_serve(args) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"specjax serve needs the serve extra: pip install 'specjax[serve]' ({e})") from None
+    from specjax import api, server
+
+    t0 = time.perf_counter()
+    gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, node_budget=args.node_budget,
+                             max_len=args.max_len, mode=args.mode, drafters=args.drafters, budget=args.budget,
+                             log=lambda m: print(m, file=sys.stderr),
+                             weight_dtype=None if args.weight_dtype == "float32" else args.weight_dtype)
+    print(f"loaded {gen.describe()} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    slots = args.max_len
+    if slots is None:
+        limit = gen.engine._slot_limit()
+        slots = SERVE_SLOTS if limit is None else min(SERVE_SLOTS, limit[0])
+    name = args.model_name or (Path(args.llm).name if args.llm else "specjax-default")
+    server.serve(gen, args.host, args.port, args.batch_size, slots, name, args.steps_per_call)
+    return 0
 
 
 def _add_boost(sub):
@@ -405,6 +479,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="specjax", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_serve(sub)
     _add_boost(sub)
     _add_bench(sub)
     args = parser.parse_args(argv)

@@ -60,6 +60,7 @@ class GenerationResult:
     seconds: float  # wall time of the batch this request ran in until it finished (prefill + loop,
     # compilation excluded); the batch's time is its requests' largest
     compile_seconds: float = 0.0  # compilation time spent for this batch (0 when cached)
+    batch: int | None = None  # the batch it ran in (continuous batching: 0, one batch refilled); None: by index
     drafter_tokens: dict = dataclasses.field(default_factory=dict)  # drafter -> accepted tokens it proposed
 
     @property
@@ -119,6 +120,12 @@ def check_drafters(llm: LoadedModel, ssms: Sequence[LoadedModel]) -> None:
             if _vocab(llm.tokenizer) != _vocab(ssm.tokenizer):
                 raise EngineError(f"SSM {i}'s tokenizer differs from the LLM's (same size, different "
                                   "tokens): drafters must use the LLM's tokenizer")
+
+
+def _most(max_new_tokens) -> int:
+    """max_new_tokens is one int for every prompt or one per prompt (a static batch still runs until
+    its last row stops)."""
+    return int(max_new_tokens) if np.ndim(max_new_tokens) == 0 else int(max(max_new_tokens))
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
@@ -248,14 +255,15 @@ class Engine:
         return slots
 
     def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,
-                   record_steps: int, successors: int = 0) -> tuple[DecodeState, int]:
+                   record_steps: int, successors: int = 0, num_slots: int | None = None) -> tuple[DecodeState, int]:
         """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket); with
-        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position."""
+        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position.
+        num_slots: S as given (a row for continuous batching's fixed cache); None: sized from the prompts."""
         cfg = self.llm.cfg
         n = len(prompts)
         B = sharding.padded_batch(n, self.mesh)  # a multiple of dp: rows n.. are finished dummies
         longest = max(len(p) for p in prompts)
-        S = self._num_slots(longest, max_new_tokens, room)
+        S = self._num_slots(longest, _most(max_new_tokens), room) if num_slots is None else num_slots
         bucket = min(prompt_bucket(longest), S)
         tokens = np.zeros((B, S), np.int32)
         for b, p in enumerate(prompts):
@@ -272,7 +280,8 @@ class Engine:
             cache = self.prefill(self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket)
             self.prefill_successors = None
         zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
-        max_new = np.where(np.arange(B) < n, max_new_tokens, 0).astype(np.int32)
+        max_new = np.zeros(B, np.int32)  # rows n.. (mesh padding) have nothing to generate
+        max_new[:n] = max_new_tokens  # one for all, or one per prompt
         state = DecodeState(
             cache=cache, tokens=tokens, length=prompt_len - 1, prompt_len=prompt_len,
             max_new=jnp.asarray(max_new), num_new=zeros(),
@@ -327,7 +336,7 @@ class Engine:
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         c0, t0 = self.compile_seconds, time.perf_counter()
-        state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(max_new_tokens, 1))
+        state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(_most(max_new_tokens), 1))
         static = dict(cfg=self.llm.cfg, sampling_cfg=sampling, eos_ids=eos)
         exe = self._executable("incremental", incremental_loop, (self.llm.params, state, _STEPS), static)
         self._decode(prompts, lambda st, n: exe(self.llm.params, st, n), state, lambda st: st,
@@ -388,9 +397,11 @@ class Engine:
         return run_chunked(call, state, base, finished, should_stop, steps_per_call)
 
     def init_spec_state(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingConfig,
-                        seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True
+                        seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True,
+                        num_slots: int | None = None, record_steps: int | None = None
                         ) -> tuple[SpecState, SpecConfig]:
-        """The speculative loop's static config and its state after the LLM's and every SSM's prefill."""
+        """The speculative loop's static config and its state after the LLM's and every SSM's prefill
+        (num_slots, record_steps: S and R as given, see init_state; None: sized from the prompts)."""
         from specjax import drafters as drafters_lib
         from specjax.drafters.base import InitContext
 
@@ -400,8 +411,9 @@ class Engine:
         cfg = SpecConfig(llm=self.llm.cfg, drafters=self.drafters, sampling=sampling, eos_ids=eos,
                          sampled_children=sampled_children, budget=self.budget)
         k = max((d.k for d in self.drafters if d.kind == "recycle"), default=0)
-        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, max(max_new_tokens, 1),
-                                       successors=k)
+        R = max(_most(max_new_tokens), 1) if record_steps is None else record_steps
+        base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, R, successors=k,
+                                       num_slots=num_slots)
         states = []
         for d, params in zip(self.drafters, self.drafter_params()):
             ctx = InitContext(base=base, bucket=bucket, run=self._run, params=params,

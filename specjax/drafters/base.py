@@ -7,6 +7,8 @@ loop state, a pytree it alone reads and writes:
     propose(key, params, state, cfg, base, sampling, stochastic) -> (Proposal, state)     jit side
     update(state, cfg, tree, logits, running) -> state                                     jit side
     shard_state(state, cfg, mesh) -> state               places the state on a device mesh
+    insert_row(state, row, b, cfg) -> state              continuous batching: row b of the batch's state
+                                                         from a one-request state `row` (jit side)
 
 and a frozen, hashable config (`cfg`, part of the loop's static SpecConfig) with `kind`, `name`,
 `topology` (the static shape of its proposal, a `Topology`) and `sampled` (whether, under stochastic
@@ -99,3 +101,8 @@ def path_scores(topo: Topology, rates) -> np.ndarray:
         r = float(np.clip(rates(int(topo.depth[j]), int(topo.rank[j])), 1e-6, 1.0))
         out[j] = r * (out[topo.parents[j]] if topo.parents[j] >= 0 else 1.0)
     return out
+
+
+def put_row(batch, row, b):
+    """Every leaf of `batch` ([B, ...]) with row b replaced by `row`'s only row ([1, ...]); b traced."""
+    return jax.tree.map(lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), b, 0), batch, row)

@@ -102,5 +102,10 @@ def update(state: State, cfg: Config, step) -> State:
     return state
 
 
+def insert_row(state: State, row: State, b, cfg: Config) -> State:
+    """Stateless: a new request's history is its row of the token buffer."""
+    return state
+
+
 def shard_state(state: State, cfg: Config, mesh) -> State:
     return state

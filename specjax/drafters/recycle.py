@@ -127,6 +127,13 @@ def update(state: State, cfg: Config, step) -> State:
                              keep.reshape(-1)))
 
 
+def insert_row(state: State, row: State, b, cfg: Config) -> State:
+    """The table is shared by every row and stays: `row` was initialised from this batch's table
+    (the batcher hands it over as the persistent table), plus the new prompt's prefill successors."""
+    del state, b, cfg
+    return row
+
+
 def shard_state(state: State, cfg: Config, mesh) -> State:
     from specjax import sharding
 

@@ -172,6 +172,13 @@ def update(state: State, cfg: Config, step) -> State:
     return state.replace(ssm_len=jnp.where(step.running, step.root_slot + 1, state.ssm_len))
 
 
+def insert_row(state: State, row: State, b, cfg: Config) -> State:
+    """A new request in row b: its freshly prefilled SSM cache and ssm_len replace the old row's."""
+    from specjax.drafters.base import put_row
+
+    return put_row(state, row, b)
+
+
 def shard_state(state: State, cfg: Config, mesh) -> State:
     from specjax import sharding
 

@@ -1,0 +1,385 @@
+"""Continuous batching: one static-shape batch of B rows whose finished rows take waiting requests.
+
+    waiting requests -> a free row b: the prompt prefilled alone ([1, S]) and put into row b of the batch
+                     -> the loop runs until some row finishes (or K steps) -> new tokens go out
+                        (Request.on_tokens), finished rows hand back their results (on_done) and are free
+                     -> again, until nothing runs and nothing waits
+
+Shapes never change: B rows, S cache slots, R recorded steps, the tree budget. The row index and the
+step count are traced, so requests coming and going never recompile. A free row is a finished row
+(the loop leaves it alone). What a new request replaces in its row: the LLM cache, the token buffer
+and the per-row counters (DecodeState), and every drafter's per-row state (drafters.*.insert_row: an
+SSM's cache; the lookup drafter reads the token buffer; the recycling table is shared and stays).
+
+Greedy output of a request does not depend on its neighbours (each row attends to its own slots
+only), so it is the same as when the request runs alone. Sampling draws from one PRNG key for the
+whole batch: a request's draws depend on when it ran (Batcher.reseed seeds an idle batch).
+
+The batch's sampling config is static in the loop: requests with another config wait until the batch
+drains (first come, first served), then the batch switches (one compile per config, cached).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import drafters as drafters_lib
+from specjax import sharding
+from specjax.chunked import FIRST_STEPS, TARGET_SECONDS, next_chunk
+from specjax.decode_state import MAX_NEW_TOKENS, DecodeState
+from specjax.drafters.base import put_row
+from specjax.engine import Engine, EngineError, GenerationResult
+from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
+from specjax.incremental import incremental_step
+from specjax.interrupt import Interrupted
+from specjax.sampling import SamplingConfig
+from specjax.speculative import SpecConfig, SpecState, spec_step
+
+_STEPS = jax.ShapeDtypeStruct((), jnp.int32)
+_ROW = jax.ShapeDtypeStruct((), jnp.int32)
+
+
+# ----------------------------------------------------------------------------- jit side
+
+
+def _until_a_row_finishes(step, done, state, max_steps):
+    """Runs step until a row that was running has finished, nothing runs, or max_steps steps ran."""
+    done0 = done(state)
+
+    def cond(c):
+        d = done(c[0])
+        return jnp.any(~d) & ~jnp.any(d & ~done0) & (c[1] < max_steps)
+
+    state, _ = jax.lax.while_loop(cond, lambda c: (step(c[0]), c[1] + 1), (state, jnp.zeros((), jnp.int32)))
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling_cfg", "eos_ids"), donate_argnames=("state",))
+def incremental_until_finish(params, state: DecodeState, max_steps, cfg, sampling_cfg, eos_ids):
+    """incremental.incremental_loop that also returns as soon as one row finishes."""
+    return _until_a_row_finishes(lambda s: incremental_step(params, cfg, s, sampling_cfg, eos_ids),
+                                 lambda s: s.done, state, max_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
+def spec_until_finish(llm_params, drafter_params, state: SpecState, max_steps, cfg: SpecConfig):
+    """speculative.spec_loop that also returns as soon as one row finishes."""
+    return _until_a_row_finishes(lambda s: spec_step(llm_params, drafter_params, s, cfg),
+                                 lambda s: s.base.done, state, max_steps)
+
+
+def _put_decode_row(batch: DecodeState, row: DecodeState, b) -> DecodeState:
+    """Row b of every per-row field from the one-row state (the batch's PRNG key stays)."""
+    fields = {f: getattr(batch, f) for f in ("cache", "tokens", "length", "prompt_len", "max_new", "num_new",
+                                              "finish", "steps", "emitted")}
+    rows = {f: getattr(row, f) for f in fields}
+    return batch.replace(**put_row(fields, rows, b))
+
+
+@functools.partial(jax.jit, donate_argnames=("batch",))
+def insert_decode_row(batch: DecodeState, row: DecodeState, b) -> DecodeState:
+    return _put_decode_row(batch, row, b)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("batch",))
+def insert_spec_row(batch: SpecState, row: SpecState, b, cfg: SpecConfig) -> SpecState:
+    states = tuple(drafters_lib.module(d).insert_row(s, r, b, d)
+                   for d, s, r in zip(cfg.drafters, batch.drafters, row.drafters))
+    hits, credit = put_row((batch.hits, batch.credit), (row.hits, row.credit), b)
+    return SpecState(base=_put_decode_row(batch.base, row.base, b), drafters=states, hits=hits, credit=credit)
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def release_row(state: DecodeState, b) -> DecodeState:
+    """Row b stops (a cancelled request): marked finished, so the loop leaves it alone."""
+    return state.replace(finish=state.finish.at[b].set(jnp.where(state.done[b], state.finish[b], MAX_NEW_TOKENS)))
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """One generation request.
+
+    on_tokens(ids) gets the new token ids as the loop commits them (per return of the loop);
+    on_done(result) gets the GenerationResult when the request finishes (finish_reason "cancelled"
+    if `cancel()` stopped it). Both are called on the thread that runs the batcher."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int | None = None
+    on_tokens: Callable[[list[int]], None] | None = None
+    on_done: Callable[[GenerationResult], None] | None = None
+    tag: Any = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Frees the request's row at the batcher's next return to the host (any thread may call it)."""
+        self.cancelled = True
+
+
+class Batcher:
+    """Continuous batching over one Engine (see the module docstring).
+
+    Args:
+      engine: one device (no mesh).
+      speculative: decode with the engine's drafters; else incrementally.
+      rows: B. num_slots: S, cache slots of every row (a request needs its prompt + new tokens + one
+        step's room; see fits). eos_ids: tokens that end a request.
+      steps_per_call: K, the loop's steps per call at most (None: about `target` seconds of work).
+    """
+
+    def __init__(self, engine: Engine, speculative: bool, rows: int, num_slots: int,
+                 eos_ids: tuple[int, ...] | None = None, sampling: SamplingConfig = SamplingConfig(),
+                 seed: int = 0, sampled_children: bool = True, steps_per_call: int | None = None,
+                 target: float = TARGET_SECONDS):
+        if engine.mesh is not None:
+            raise EngineError("continuous batching runs on one device: use static batches with a mesh")
+        if rows < 1:
+            raise EngineError(f"continuous batching needs at least one row, got {rows}")
+        self.engine, self.speculative, self.rows, self.num_slots = engine, speculative, rows, num_slots
+        self.eos = tuple(engine.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
+        self.sampling, self.sampled_children = sampling, sampled_children
+        self.steps_per_call, self.target = steps_per_call, target
+        self.room = engine.spec_room() if speculative else INCREMENTAL_ROOM
+        if num_slots < self.room + 1:
+            raise EngineError(f"{num_slots} cache slots do not hold one step ({self.room} slots) after a prompt")
+        self.record = num_slots  # R: no request runs more steps than it has slots
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.lock = threading.Condition()
+        self.active: dict[int, Request] = {}  # row -> request
+        self.sent = np.zeros(rows, np.int64)  # tokens handed to on_tokens, per row
+        self.started = np.zeros(rows)  # when the row's request was admitted (perf_counter)
+        self.refills = 0  # requests put into rows (for tests and reports)
+        self.state = self._empty_state(seed)
+        self._n = steps_per_call or FIRST_STEPS
+        self.t0 = time.perf_counter()
+        self.c0 = engine.compile_seconds
+
+    # -- building rows ---------------------------------------------------------------------
+    def _empty_state(self, seed: int):
+        """B finished dummy rows (one-token prompts, nothing to generate) in S slots."""
+        dummies = [[0]] * self.rows
+        if not self.speculative:
+            state, _ = self.engine.init_state(dummies, 0, seed, self.room, self.record, num_slots=self.num_slots)
+            return state
+        state, self.cfg = self.engine.init_spec_state(dummies, 0, self.sampling, seed, self.eos,
+                                                      self.sampled_children, num_slots=self.num_slots,
+                                                      record_steps=self.record)
+        return state
+
+    def _base(self, state=None) -> DecodeState:
+        state = self.state if state is None else state
+        return state.base if self.speculative else state
+
+    def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
+        """Whether a request gets all max_new_tokens inside S slots (its last step's room included)."""
+        return prompt_tokens - 1 + max_new_tokens + self.room <= self.num_slots
+
+    def _row_state(self, req: Request):
+        if not self.speculative:
+            row, _ = self.engine.init_state([req.prompt], req.max_new_tokens, 0, self.room, self.record,
+                                            num_slots=self.num_slots)
+            return row
+        for d, s in zip(self.cfg.drafters, self.state.drafters):  # shared state the new row starts from
+            if d.kind == "recycle":
+                self.engine.persistent["recycle_table"] = s.table
+        row, _ = self.engine.init_spec_state([req.prompt], req.max_new_tokens, self.sampling, 0, self.eos,
+                                             self.sampled_children, num_slots=self.num_slots,
+                                             record_steps=self.record)
+        return row
+
+    def _fill(self, b: int, req: Request) -> None:
+        row = self._row_state(req)
+        if self.speculative:
+            exe = self.engine._executable("insert_spec", insert_spec_row, (self.state, row, _ROW), dict(cfg=self.cfg))
+        else:
+            exe = self.engine._executable("insert", insert_decode_row, (self.state, row, _ROW), {})
+        self.state = exe(self.state, row, jnp.int32(b))
+        self.active[b] = req
+        self.sent[b] = 0
+        self.started[b] = time.perf_counter()
+        self.refills += 1
+
+    def _release(self, b: int) -> None:
+        base = self._base()
+        exe = self.engine._executable("release", release_row, (base, _ROW), {})
+        base = exe(base, jnp.int32(b))
+        self.state = self.state.replace(base=base) if self.speculative else base
+
+    def reseed(self, seed: int) -> None:
+        base = self._base().replace(key=jax.random.PRNGKey(seed))
+        self.state = self.state.replace(base=base) if self.speculative else base
+
+    # -- the queue -------------------------------------------------------------------------
+    def add(self, req: Request) -> Request:
+        """Queues a request (any thread). It must fit the cache (see fits)."""
+        if not req.prompt:
+            raise EngineError("the prompt is empty (no tokens)")
+        if not self.fits(len(req.prompt), req.max_new_tokens):
+            raise EngineError(f"a prompt of {len(req.prompt)} tokens and max_new_tokens={req.max_new_tokens} "
+                              f"need {len(req.prompt) - 1 + req.max_new_tokens + self.room} cache slots "
+                              f"(one step needs {self.room}), more than the batch's {self.num_slots}")
+        with self.lock:
+            self.waiting.append(req)
+            self.lock.notify_all()
+        return req
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.active or self.waiting)
+
+    def _admit(self) -> None:
+        """Free rows take waiting requests in arrival order, while they share the batch's sampling."""
+        with self.lock:
+            while self.waiting and self.waiting[0].cancelled:
+                self._finish_cancelled_waiting(self.waiting.popleft())
+            if not self.active and self.waiting:
+                head = self.waiting[0]
+                if head.sampling != self.sampling:  # the batch drained: switch to the next config
+                    self.sampling = head.sampling
+                    if self.speculative:
+                        self.cfg = dataclasses.replace(self.cfg, sampling=head.sampling)
+                if head.seed is not None:
+                    self.reseed(head.seed)
+            todo = []
+            free = [b for b in range(self.rows) if b not in self.active]
+            while free and self.waiting and self.waiting[0].sampling == self.sampling:
+                req = self.waiting.popleft()
+                if req.cancelled:
+                    self._finish_cancelled_waiting(req)
+                    continue
+                todo.append((free.pop(0), req))
+        for b, req in todo:
+            self._fill(b, req)
+
+    def _finish_cancelled_waiting(self, req: Request) -> None:
+        if req.on_done is not None:
+            req.on_done(GenerationResult(prompt_ids=list(req.prompt), token_ids=[], finish_reason="cancelled",
+                                         llm_steps=0, accepted_per_step=[], seconds=0.0, batch=0))
+
+    # -- running ---------------------------------------------------------------------------
+    def _exe(self):
+        if self.speculative:
+            params = self.engine.drafter_params()
+            exe = self.engine._executable("spec_cb", spec_until_finish,
+                                          (self.engine.llm.params, params, self.state, _STEPS), dict(cfg=self.cfg))
+            return lambda st, n: exe(self.engine.llm.params, params, st, n)
+        static = dict(cfg=self.engine.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos)
+        exe = self.engine._executable("incremental_cb", incremental_until_finish,
+                                      (self.engine.llm.params, self.state, _STEPS), static)
+        return lambda st, n: exe(self.engine.llm.params, st, n)
+
+    def step(self) -> bool:
+        """Frees cancelled rows, fills free rows, runs one call of the loop and hands out what it
+        committed. Returns False when nothing ran (nothing active or waiting)."""
+        for b, req in list(self.active.items()):
+            if req.cancelled:
+                self._release(b)
+        self._admit()
+        if not self.active:
+            return False
+        call = self._exe()
+        before = sharding.fetch(self._base().steps)
+        t0 = time.perf_counter()
+        self.state = call(self.state, jnp.asarray(self._n, jnp.int32))
+        base = self._base()
+        tokens, num_new, finish, steps = sharding.fetch((base.tokens, base.num_new, base.finish, base.steps))
+        seconds = time.perf_counter() - t0
+        ran = int((steps - before).max())
+        for b, req in list(self.active.items()):
+            n = int(num_new[b])
+            if n > self.sent[b] and req.on_tokens is not None and not req.cancelled:
+                p = len(req.prompt)
+                req.on_tokens(tokens[b, p + int(self.sent[b]): p + n].tolist())
+            self.sent[b] = n
+        done = [b for b in sorted(self.active) if finish[b] != 0]
+        if done:
+            self._finished(done)
+        if self.steps_per_call is None and ran > 0:
+            self._n = next_chunk(ran, seconds, self.target)
+        return True
+
+    def _finished(self, rows: list[int]) -> None:
+        prompts = [self.active[b].prompt if b in self.active else [0] for b in range(self.rows)]
+        compile_s = self.engine.compile_seconds - self.c0
+        res = self.engine.results(prompts, self._base(), time.perf_counter() - self.t0 - compile_s, compile_s, rows)
+        if self.speculative:
+            c = sharding.fetch(self.state.credit)
+            for b, r in zip(rows, res):
+                r.drafter_tokens = {d.name: int(c[b, i]) for i, d in enumerate(self.engine.drafters)}
+        for b, r in zip(rows, res):
+            req = self.active.pop(b)
+            r.batch = 0
+            if req.cancelled:
+                r.finish_reason = "cancelled"
+            if req.on_done is not None:
+                req.on_done(r)
+
+    def keep_drafter_state(self) -> None:
+        """The recycling table outlives the batch (as after a static batch)."""
+        if self.speculative:
+            self.engine._keep_drafter_state(self.state)
+
+    def run(self, should_stop: Callable[[], bool] | None = None) -> None:
+        """Steps until nothing is active or waiting; should_stop() polled between calls (True raises
+        Interrupted: finished requests were handed to on_done already)."""
+        while self.step():
+            if should_stop is not None and should_stop():
+                raise Interrupted("stopped between decode steps")
+        self.keep_drafter_state()
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self.lock:
+            if not self.waiting:
+                self.lock.wait(timeout)
+
+
+def slots_for(engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: int, speculative: bool) -> int:
+    """S for a set of requests: the engine's sizing for the longest prompt (max_len if it has one)."""
+    room = engine.spec_room() if speculative else INCREMENTAL_ROOM
+    return engine._num_slots(max(len(p) for p in prompts), max_new_tokens, room)
+
+
+def generate(engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
+             speculative: bool, rows: int, sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
+             eos_ids: tuple[int, ...] | None = None, on_finish: Callable[[int, GenerationResult], None] | None = None,
+             should_stop: Callable[[], bool] | None = None, steps_per_call: int | None = None,
+             num_slots: int | None = None) -> list[GenerationResult]:
+    """Prompts (token ids) decoded with continuous batching in `rows` rows; results in input order.
+    max_new_tokens: one for all or one per prompt. on_finish(i, result) as request i finishes."""
+    from specjax.engine import check_prompts
+
+    prompts = check_prompts(prompts, engine.llm.cfg.vocab_size)
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(limits) != len(prompts):
+        raise EngineError(f"{len(limits)} max_new_tokens for {len(prompts)} prompts")
+    S = num_slots or slots_for(engine, prompts, max(limits), speculative)
+    batcher = Batcher(engine, speculative, min(rows, len(prompts)), S, eos_ids, sampling, seed,
+                      steps_per_call=steps_per_call)
+    out: dict[int, GenerationResult] = {}
+
+    def done(i):
+        def f(r: GenerationResult):
+            out[i] = r
+            if on_finish is not None:
+                on_finish(i, r)
+        return f
+
+    for i, (p, n) in enumerate(zip(prompts, limits)):
+        # S may be below a request's full need at the model's context limit: it stops with "length"
+        batcher.waiting.append(Request(prompt=p, max_new_tokens=n, sampling=sampling, on_done=done(i)))
+    batcher.run(should_stop)
+    engine.last_batcher = batcher
+    return [out[i] for i in range(len(prompts))]

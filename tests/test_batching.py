@@ -1,0 +1,100 @@
+"""Continuous batching (specjax.batching) is exact: 32 requests of mixed prompt lengths and
+max_new_tokens through B = 4 rows, refilled as rows finish, give every request the greedy output it
+gets alone, incremental and speculative (== incremental, token for token); a cancelled request frees
+its row; stop strings and streamed text pieces."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import perturbed
+
+from specjax import batching, model
+from specjax.config import ModelConfig
+from specjax.engine import Engine, EngineError, LoadedModel
+from specjax.streaming import StopText, TextDelta
+from specjax.tree import TreeConfig
+
+CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)
+RNG = np.random.RandomState(0)
+PROMPTS = [RNG.randint(1, 64, size=RNG.randint(1, 30)).tolist() for _ in range(32)]
+MAX_NEW = [int(RNG.randint(1, 24)) for _ in range(32)]
+EOS = (5,)
+SLOTS = 128  # every request fits: prompt + max_new + one step's room
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LoadedModel(model.init_params(CFG, jax.random.PRNGKey(0), std=0.3), CFG)
+
+
+@pytest.fixture(scope="module")
+def alone(llm):
+    """Each request alone: one row, the same cache size."""
+    engine = Engine(llm)
+    return [batching.generate(engine, [p], n, False, rows=1, eos_ids=EOS, num_slots=SLOTS)[0]
+            for p, n in zip(PROMPTS, MAX_NEW)]
+
+
+def test_incremental_continuous_equals_alone_and_static(llm, alone):
+    engine = Engine(llm)
+    out = batching.generate(engine, PROMPTS, MAX_NEW, False, rows=4, eos_ids=EOS, num_slots=SLOTS)
+    assert engine.last_batcher.refills == 32  # 4 rows, refilled 28 times
+    assert any(r.finish_reason == "eos" for r in out) and any(r.finish_reason == "max_new_tokens" for r in out)
+    static = engine.generate_incremental(PROMPTS, max(MAX_NEW), eos_ids=EOS)  # another path: one static batch
+    for a, c, s, n in zip(alone, out, static, MAX_NEW):
+        assert c.token_ids == a.token_ids == s.token_ids[:n]
+        assert (c.finish_reason, c.llm_steps, c.accepted_per_step) == (a.finish_reason, a.llm_steps, a.accepted_per_step)
+        assert c.prompt_ids == a.prompt_ids
+
+
+def test_speculative_continuous_equals_incremental_alone(llm, alone):
+    ssm = LoadedModel(perturbed(llm.params, 0.05, 1), CFG)
+    engine = Engine(llm, [ssm], TreeConfig(expansion=(2, 1, 1), num_ssms=1), drafters=("ssm", "recycle", "lookup"))
+    out = batching.generate(engine, PROMPTS, MAX_NEW, True, rows=4, eos_ids=EOS, num_slots=SLOTS)
+    assert engine.last_batcher.refills == 32
+    for a, c in zip(alone, out):
+        assert c.token_ids == a.token_ids and c.finish_reason == a.finish_reason
+        assert sum(c.accepted_per_step) == len(c.token_ids) and len(c.accepted_per_step) == c.llm_steps
+    assert sum(len(r.token_ids) for r in out) / sum(r.llm_steps for r in out) > 1.2  # drafts get accepted
+    assert sum(sum(r.drafter_tokens.values()) for r in out) > 0
+
+
+def test_cancelled_request_frees_its_row(llm, alone):
+    engine = Engine(llm)
+    b = batching.Batcher(engine, False, 1, SLOTS, EOS, steps_per_call=2)
+    got = {}
+    first = b.add(batching.Request(prompt=PROMPTS[0], max_new_tokens=40, on_done=lambda r: got.setdefault("a", r)))
+    b.add(batching.Request(prompt=PROMPTS[1], max_new_tokens=MAX_NEW[1], on_done=lambda r: got.setdefault("b", r)))
+    b.step()  # the first request runs 2 steps, the second waits for the only row
+    first.cancel()
+    while b.step():
+        pass
+    assert got["a"].finish_reason == "cancelled" and len(got["a"].token_ids) == 2
+    assert got["b"].token_ids == alone[1].token_ids
+    with pytest.raises(EngineError, match="cache slots"):
+        b.add(batching.Request(prompt=[1] * 100, max_new_tokens=40))
+    with pytest.raises(EngineError, match="empty"):
+        b.add(batching.Request(prompt=[], max_new_tokens=4))
+
+
+def test_stop_strings_are_never_sent():
+    s = StopText(["STOP", "\n\n"])
+    assert s.feed("hello ST") == ("hello ", False)  # "ST" could start STOP: held back
+    assert s.feed("ay ") == ("STay ", False)
+    assert s.feed("x\n") == ("x", False)
+    assert s.feed("\nmore") == ("", True)
+    assert s.feed("late") == ("", True) and s.flush() == ""
+    t = StopText([])
+    assert t.feed("abc") == ("abc", False) and t.flush() == ""
+
+
+def test_text_pieces_concatenate_to_the_decoded_text():
+    class Bytes:  # a byte-level tokenizer: one id per byte, so characters span tokens
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    ids = list("héllo wörld ✓".encode())
+    d = TextDelta(Bytes())
+    pieces = [d.feed(ids[i:i + 1]) for i in range(len(ids))] + [d.flush()]
+    assert "".join(pieces) == "héllo wörld ✓" and "\ufffd" not in "".join(pieces)
