@@ -37,6 +37,7 @@ from specjax import sharding
 from specjax.chunked import FIRST_STEPS, TARGET_SECONDS, next_chunk
 from specjax.decode_state import MAX_NEW_TOKENS, DecodeState
 from specjax.drafters.base import put_row
+from specjax.fallback import Watch
 from specjax.engine import Engine, EngineError, GenerationResult
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
 from specjax.incremental import incremental_step
@@ -163,6 +164,7 @@ class Batcher:
         self.started = np.zeros(rows)  # when the row's request was admitted (perf_counter)
         self.refills = 0  # requests put into rows (for tests and reports)
         self.state = self._empty_state(seed)
+        self.watch: Watch | None = None  # speculation watched (engine.fallback), per busy period
         self._n = steps_per_call or FIRST_STEPS
         self.t0 = time.perf_counter()
         self.c0 = engine.compile_seconds
@@ -281,6 +283,23 @@ class Batcher:
                                       (self.engine.llm.params, self.state, _STEPS), static)
         return lambda st, n: exe(self.engine.llm.params, st, n)
 
+    def _watched(self, call):
+        """The speculative call watched by specjax.fallback when the engine asks for it (the automatic
+        choice): once speculation is slower than incremental decoding, the batch decodes incrementally
+        until it is idle again (the rows' drafter states stay valid for requests admitted meanwhile;
+        the rows that ran incrementally never speculate again). Other calls as they are."""
+        if not self.speculative or self.engine.fallback is None:
+            return call
+        if self.watch is None:
+            static = dict(cfg=self.engine.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos)
+            inc = lambda base: functools.partial(self.engine._executable(
+                "incremental_cb", incremental_until_finish, (self.engine.llm.params, base, _STEPS), static),
+                self.engine.llm.params)
+            self.watch = Watch(self.engine.fallback, call, inc, base=lambda st: st.base,
+                               replace_base=lambda st, b: st.replace(base=b), log=self.engine.progress)
+        self.watch.spec = call
+        return self.watch
+
     def step(self) -> bool:
         """Frees cancelled rows, fills free rows, runs one call of the loop and hands out what it
         committed. Returns False when nothing ran (nothing active or waiting)."""
@@ -289,11 +308,14 @@ class Batcher:
                 self._release(b)
         self._admit()
         if not self.active:
+            self.watch = None  # idle: the next requests speculate again
             return False
-        call = self._exe()
+        call = self._watched(self._exe())
         before = sharding.fetch(self._base().steps)
         t0 = time.perf_counter()
         self.state = call(self.state, jnp.asarray(self._n, jnp.int32))
+        if self.watch is not None and self.watch.reason:
+            self.engine.last_fallback = self.watch.reason
         base = self._base()
         tokens, num_new, finish, steps = sharding.fetch((base.tokens, base.num_new, base.finish, base.steps))
         seconds = time.perf_counter() - t0
@@ -366,6 +388,7 @@ def generate(engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: i
     if len(limits) != len(prompts):
         raise EngineError(f"{len(limits)} max_new_tokens for {len(prompts)} prompts")
     S = num_slots or slots_for(engine, prompts, max(limits), speculative)
+    engine.last_fallback = ""
     batcher = Batcher(engine, speculative, min(rows, len(prompts)), S, eos_ids, sampling, seed,
                       steps_per_call=steps_per_call)
     out: dict[int, GenerationResult] = {}

@@ -114,8 +114,12 @@ def _open(path: Path, want: str):
         lib = ctypes.CDLL(str(path))
     except OSError:
         return None
-    lib.specjax_skinny_build_id.restype = ctypes.c_char_p
-    return lib if lib.specjax_skinny_build_id() == want.encode() else None
+    try:
+        build_id = lib.specjax_skinny_build_id  # a library from before build ids is stale too
+    except AttributeError:
+        return None
+    build_id.restype = ctypes.c_char_p
+    return lib if build_id() == want.encode() else None
 
 
 def _find_or_build():

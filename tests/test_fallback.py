@@ -56,3 +56,18 @@ def test_keeps_speculating_when_it_pays(engines):
     assert why == ""
     assert [r.token_ids for r in out] == [r.token_ids for r in inc]
     assert sum(sum(r.accepted_per_step) for r in out) / sum(r.llm_steps for r in out) > 1.2
+
+
+def test_continuous_batching_falls_back_exactly(engines):
+    """The same watch in continuous batching (specjax.batching, what Generator.generate_ids runs):
+    the batch goes incremental, every request's output is still its incremental output."""
+    from specjax import batching
+
+    spec, inc = engines
+    spec.fallback = FallbackConfig(((1, 1e-9), (8, 1e-9)))
+    try:
+        out = batching.generate(spec, PROMPTS, NEW, speculative=True, rows=2, steps_per_call=4)
+    finally:
+        spec.fallback = None
+    assert spec.last_fallback.startswith("speculation fell back to incremental decoding")
+    assert [r.token_ids for r in out] == [r.token_ids for r in inc]

@@ -218,3 +218,15 @@ def test_disabled_kernel_falls_back_in_one_line():
     notes = [l for l in outs["0"].stderr.splitlines() if "skinny-matmul" in l]
     assert notes == ["specjax: CPU skinny-matmul kernel not used (disabled by SPECJAX_SKINNY=0); XLA's dot is used instead"]
     assert outs["0"].stdout.split("packed False")[1] == outs["1"].stdout.split("packed True")[1]
+
+
+def test_a_library_without_a_build_id_is_stale(tmp_path):
+    """A kernel library built before build ids existed (e.g. left in the user cache by an older
+    specjax) is treated as stale, so it is rebuilt, never loaded or crashed on."""
+    import subprocess
+
+    src = tmp_path / "old.cc"
+    src.write_text('extern "C" const char* specjax_skinny_isa() { return "avx2"; }\n')
+    lib = tmp_path / "_skinny.so"
+    subprocess.run(["g++", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    assert skinny._open(lib, "anything") is None
