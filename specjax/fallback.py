@@ -30,7 +30,7 @@ import numpy as np
 from specjax import sharding
 
 WARMUP_CALLS = 1  # loop calls not judged (the first runs 4 steps: too few to time)
-MIN_STEPS = 12  # speculative steps judged before any decision
+MIN_STEPS = 32  # speculative steps judged before any decision (lookup drafts little early on)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class FallbackConfig:
     margin: float = 1.0
 
     @classmethod
-    def from_costs(cls, costs: dict, margin: float = 1.0) -> "FallbackConfig":
+    def from_costs(cls, costs: dict, margin: float = 0.9) -> "FallbackConfig":
         return cls(tuple(sorted((int(n), float(s)) for n, s in costs["verify"].items())), margin)
 
     def incremental_step_seconds(self, rows: int) -> float:

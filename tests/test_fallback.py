@@ -15,7 +15,7 @@ from specjax.tree import TreeConfig
 CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 12]
-NEW = 60
+NEW = 80
 
 
 @pytest.fixture(scope="module")
