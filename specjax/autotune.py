@@ -15,13 +15,15 @@ is ignored, which flatters merges a little). The choice maximises expected token
 if no choice beats plain decoding by MARGIN, decoding is incremental.
 
 The cache: <user cache>/autotune/costs-<key>.json, key = processor (or accelerator) model, jax
-version, the matmul path (CPU kernel or XLA's dot) and the models' configs. A file that does not parse, or whose key or fields do not match,
+version, the matmul path (CPU kernel or XLA's dot), specjax's own code (a faster step in a new
+version must not be judged by the old one's costs) and the models' configs. A file that does not parse, or whose key or fields do not match,
 is measured again and rewritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -61,6 +63,16 @@ def processor_name() -> str:
     return "cpu:" + (platform.processor() or platform.machine())
 
 
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """A hash of specjax's sources (Python and the CPU kernel's C++): what decoding costs depends on them."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cc") and p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(engine) -> dict:
     import jax
 
@@ -69,6 +81,7 @@ def cache_key(engine) -> dict:
     models = [engine.llm.cfg.to_json()] + [s.cfg.to_json() for s in engine.ssms]
     return {"format": FORMAT, "processor": processor_name(), "jax": jax.__version__,
             "matmul": skinny.describe(engine.llm.params),  # the CPU kernel changes every cost
+            "code": code_hash(),
             "models": hashlib.sha256("\n".join(models).encode()).hexdigest()[:16],
             "drafters": [d.name for d in engine.drafters]}
 

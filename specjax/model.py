@@ -127,6 +127,39 @@ def dense(x, w, rows: int | None = None):
     return x @ (w if rows is None else w.reshape(rows, -1))
 
 
+def attend(q, k, v, k_cache, v_cache, slots, mask):
+    """Attention of the T new queries over the cache as it was plus the T new keys, which is the
+    masked attention over the cache with the new K/V written at their slots, without reading it.
+
+    q [B, T, H, A]; k, v [B, T, K, A]; k_cache, v_cache [B, K, S, A]; slots [B, T] (>= S: written
+    nowhere, so seen by no one); mask [B, T, S]. Returns [B, T, H*A]. A slot this step writes holds
+    stale K/V in the cache, so the cache part masks it out and the new part stands in for it:
+    query t sees new token u where mask[b, t, slots[b, u]]."""
+    B, T, H, A = q.shape
+    K, S = k.shape[2], k_cache.shape[2]
+    G = H // K
+    written = (slots[:, :, None] == jnp.arange(S)).any(1)  # [B, S]
+    old_mask = mask & ~written[:, None, :]  # [B, T, S]
+    sees = jnp.take_along_axis(mask, jnp.broadcast_to(jnp.minimum(slots, S - 1)[:, None, :], (B, T, T)), axis=2)
+    new_mask = sees & (slots < S)[:, None, :]  # [B, T, T]: query t sees new token u
+
+    q = jnp.swapaxes(q.reshape(B, T, K, G, A), 1, 2).reshape(B, K, T * G, A)  # [B, K, TG, A]
+    k_new, v_new = jnp.swapaxes(k, 1, 2).astype(k_cache.dtype), jnp.swapaxes(v, 1, 2).astype(v_cache.dtype)
+    lo = jnp.finfo(jnp.float32).min
+    s_old = jnp.einsum("bkqa,bksa->bkqs", q, k_cache).astype(jnp.float32).reshape(B, K, T, G, S) / math.sqrt(A)
+    s_new = jnp.einsum("bkqa,bkua->bkqu", q, k_new).astype(jnp.float32).reshape(B, K, T, G, T) / math.sqrt(A)
+    s_old = jnp.where(old_mask[:, None, :, None, :], s_old, lo)
+    s_new = jnp.where(new_mask[:, None, :, None, :], s_new, lo)
+    m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+    e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
+    denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)  # [B, K, T, G, 1]
+    e_old = (e_old / denom).astype(v_cache.dtype).reshape(B, K, T * G, S)
+    e_new = (e_new / denom).astype(v_cache.dtype).reshape(B, K, T * G, T)
+    out = (jnp.einsum("bkqs,bksa->bkqa", e_old, v_cache)
+           + jnp.einsum("bkqu,bkua->bkqa", e_new, v_new))  # [B, K, TG, A]
+    return jnp.swapaxes(out.reshape(B, K, T, G, A), 1, 2).reshape(B, T, H * A)
+
+
 def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots, mask, inv_freq):
     """One attention block. x [B, T, D]; returns (out [B, T, D], k_cache, v_cache)."""
     B, T, D = x.shape
@@ -140,20 +173,18 @@ def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots,
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
     if cfg.uses_rope:
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    k_cache = write_cache(k_cache, k, slots)
-    v_cache = write_cache(v_cache, v, slots)
-
-    q = jnp.swapaxes(q.reshape(B, T, K, H // K, A), 1, 2).reshape(B, K, T * (H // K), A)  # [B, K, TG, A]
-    scores = jnp.einsum("bkqa,bksa->bkqs", q, k_cache).astype(jnp.float32) / math.sqrt(A)
-    scores = scores.reshape(B, K, T, H // K, -1)  # [B, K, T, G, S]
-    scores = jnp.where(mask[:, None, :, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype).reshape(B, K, T * (H // K), -1)
-    out = jnp.einsum("bkqs,bksa->bkqa", probs, v_cache)  # [B, K, TG, A]
-    out = jnp.swapaxes(out.reshape(B, K, T, H // K, A), 1, 2).reshape(B, T, H * A)
+    out = attend(q, k, v, k_cache, v_cache, slots, mask)  # [B, T, H*A]
     out = dense(out, lp["o"], H * A)
     if cfg.o_bias:
         out = out + lp["o_bias"]
-    return out, k_cache, v_cache
+    # The new K/V are written after attention has read the cache. XLA updates a buffer in place only
+    # when a data dependency orders its readers before the write (an optimization barrier does not),
+    # else it copies every layer's K and V cache once or twice per step. Adding 0 * (each token's own
+    # attention output) is that dependency: exact for finite outputs, and a row that overflowed to
+    # inf / NaN has garbage logits already; other rows are untouched.
+    order = jnp.zeros((), out.dtype) * out[:, :, None, :1]  # [B, T, 1, 1]
+    k, v = k + order.astype(k.dtype), v + order.astype(v.dtype)
+    return out, write_cache(k_cache, k, slots), write_cache(v_cache, v, slots)
 
 
 def mlp(lp: dict, x, cfg: ModelConfig):
