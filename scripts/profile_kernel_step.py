@@ -66,11 +66,12 @@ def main():
         print(f"T={T}: weight matmuls {mm:.1f} ms, full step {st:.1f} ms, not matmuls {st - mm:.1f} ms", flush=True)
 
     e = Engine(llm)
-    state, _ = e.init_state([[1, 2, 3, 4]], 16, 0, 2, 16)
+    state, _ = e.init_state([[1, 2, 3, 4]], 400, 0, 2, 16)  # S > 2 attention blocks
     txt = incremental_loop.lower(e.llm.params, state, _STEPS, cfg=e.llm.cfg, sampling_cfg=SamplingConfig(),
                                  eos_ids=()).compile().as_text()
     K, A = cfg.num_kv_heads, cfg.head_dim
-    copies = len(re.findall(rf"f32\[1,{K},\d+,{A}\]\{{3,2,1,0\}} copy\(", txt))
+    S_loop = state.tokens.shape[1]
+    copies = len(re.findall(rf"f32\[1,{K},{S_loop},{A}\]\{{3,2,1,0\}} copy\(", txt))
     print(f"compiled incremental loop: {copies} copies of whole K/V cache buffers "
           f"({2 * cfg.num_layers} cache arrays)")
 

@@ -127,6 +127,9 @@ def dense(x, w, rows: int | None = None):
     return x @ (w if rows is None else w.reshape(rows, -1))
 
 
+BLOCK = 128  # cache slots per attention block (caches longer than 2 blocks are read block by block)
+
+
 def attend(q, k, v, k_cache, v_cache, slots, mask):
     """Attention of the T new queries over the cache as it was plus the T new keys, which is the
     masked attention over the cache with the new K/V written at their slots, without reading it.
@@ -134,7 +137,9 @@ def attend(q, k, v, k_cache, v_cache, slots, mask):
     q [B, T, H, A]; k, v [B, T, K, A]; k_cache, v_cache [B, K, S, A]; slots [B, T] (>= S: written
     nowhere, so seen by no one); mask [B, T, S]. Returns [B, T, H*A]. A slot this step writes holds
     stale K/V in the cache, so the cache part masks it out and the new part stands in for it:
-    query t sees new token u where mask[b, t, slots[b, u]]."""
+    query t sees new token u where mask[b, t, slots[b, u]]. A cache of more than 2 blocks is read
+    only up to the last slot any query sees, block by block with a running softmax (flash-decoding):
+    a step costs what the requests' lengths need, not what the cache could hold."""
     B, T, H, A = q.shape
     K, S = k.shape[2], k_cache.shape[2]
     G = H // K
@@ -143,20 +148,44 @@ def attend(q, k, v, k_cache, v_cache, slots, mask):
     sees = jnp.take_along_axis(mask, jnp.broadcast_to(jnp.minimum(slots, S - 1)[:, None, :], (B, T, T)), axis=2)
     new_mask = sees & (slots < S)[:, None, :]  # [B, T, T]: query t sees new token u
 
+    lo = jnp.finfo(jnp.float32).min
     q = jnp.swapaxes(q.reshape(B, T, K, G, A), 1, 2).reshape(B, K, T * G, A)  # [B, K, TG, A]
     k_new, v_new = jnp.swapaxes(k, 1, 2).astype(k_cache.dtype), jnp.swapaxes(v, 1, 2).astype(v_cache.dtype)
-    lo = jnp.finfo(jnp.float32).min
-    s_old = jnp.einsum("bkqa,bksa->bkqs", q, k_cache).astype(jnp.float32).reshape(B, K, T, G, S) / math.sqrt(A)
-    s_new = jnp.einsum("bkqa,bkua->bkqu", q, k_new).astype(jnp.float32).reshape(B, K, T, G, T) / math.sqrt(A)
-    s_old = jnp.where(old_mask[:, None, :, None, :], s_old, lo)
-    s_new = jnp.where(new_mask[:, None, :, None, :], s_new, lo)
-    m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
-    e_old, e_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
-    denom = e_old.sum(-1, keepdims=True) + e_new.sum(-1, keepdims=True)  # [B, K, T, G, 1]
-    e_old = (e_old / denom).astype(v_cache.dtype).reshape(B, K, T * G, S)
-    e_new = (e_new / denom).astype(v_cache.dtype).reshape(B, K, T * G, T)
-    out = (jnp.einsum("bkqs,bksa->bkqa", e_old, v_cache)
-           + jnp.einsum("bkqu,bkua->bkqa", e_new, v_new))  # [B, K, TG, A]
+
+    def scores(keys, m):  # keys [B, K, X, A], m [B, T, X] -> masked float32 scores [B, K, T, G, X]
+        s = jnp.einsum("bkqa,bkxa->bkqx", q, keys).astype(jnp.float32).reshape(B, K, T, G, -1) / math.sqrt(A)
+        return jnp.where(m[:, None, :, None, :], s, lo)
+
+    def weighted(e, values):  # e [B, K, T, G, X] -> [B, K, TG, A]
+        return jnp.einsum("bkqx,bkxa->bkqa", e.astype(values.dtype).reshape(B, K, T * G, -1), values)
+
+    s_new = scores(k_new, new_mask)
+    if S <= 2 * BLOCK:
+        s_old = scores(k_cache, old_mask)
+        m = jnp.maximum(s_old.max(-1, keepdims=True), s_new.max(-1, keepdims=True))  # [B, K, T, G, 1]
+        e_old = jnp.exp(s_old - m)
+        denom, acc = e_old.sum(-1, keepdims=True), weighted(e_old, v_cache)
+    else:
+        seen = old_mask.any((0, 1))  # [S]
+        hi = jnp.max(jnp.where(seen, jnp.arange(S) + 1, 0))  # slots [0, hi) hold all that is seen
+
+        def block(j, c):  # block j covers slots [j*BLOCK, (j+1)*BLOCK); the last one is read from S-BLOCK
+            m, denom, acc = c
+            start = jnp.minimum(j * BLOCK, S - BLOCK)
+            idx = start + jnp.arange(BLOCK)
+            bm = jax.lax.dynamic_slice_in_dim(old_mask, start, BLOCK, axis=2) & (idx >= j * BLOCK)
+            s = scores(jax.lax.dynamic_slice_in_dim(k_cache, start, BLOCK, axis=2), bm)
+            m_new = jnp.maximum(m, s.max(-1, keepdims=True))
+            e, fix = jnp.exp(s - m_new), jnp.exp(m - m_new)
+            acc = acc * fix.reshape(B, K, T * G, 1) + weighted(e, jax.lax.dynamic_slice_in_dim(v_cache, start, BLOCK, axis=2))
+            return m_new, denom * fix + e.sum(-1, keepdims=True), acc
+
+        m = s_new.max(-1, keepdims=True)  # the running softmax starts from the new tokens' part
+        init = (m, jnp.zeros_like(m), jnp.zeros((B, K, T * G, A), v_cache.dtype))
+        m, denom, acc = jax.lax.fori_loop(0, (hi + BLOCK - 1) // BLOCK, block, init)
+    e_new = jnp.exp(s_new - m)
+    denom = denom + e_new.sum(-1, keepdims=True)
+    out = (acc + weighted(e_new, v_new)) / denom.reshape(B, K, T * G, 1).astype(acc.dtype)  # [B, K, TG, A]
     return jnp.swapaxes(out.reshape(B, K, T, G, A), 1, 2).reshape(B, T, H * A)
 
 
