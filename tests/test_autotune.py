@@ -42,7 +42,7 @@ def test_forced_spec_mode_gets_the_best_tree_even_when_slower():
     assert c.drafters and c.speedup < 1.0
 
 
-def test_costs_are_measured_once_and_corrupt_caches_are_measured_again(autotune_cache):
+def test_costs_are_measured_once_and_corrupt_caches_are_measured_again(autotune_cache, monkeypatch):
     llm = LoadedModel(model.init_params(CFG, jax.random.PRNGKey(0)), CFG)
     engine = Engine(llm, drafters=("recycle", "lookup"))
     first, measured = autotune.load_or_measure(engine)
@@ -51,13 +51,21 @@ def test_costs_are_measured_once_and_corrupt_caches_are_measured_again(autotune_
     path = autotune.cache_path(autotune.cache_key(engine))
     again, measured = autotune.load_or_measure(engine)
     assert not measured and again == first
-    for corrupt in ("{not json", json.dumps({"key": "other"}),
-                    json.dumps({**json.loads(path.read_text()), "verify": {"1": -1.0}})):
+    # The measurement itself was just checked; from here on it is counted, not redone (each real one
+    # compiles the LLM at every verify size again): a corrupt or stale cache must lead to exactly one
+    # new measurement, rewritten to the cache.
+    calls = []
+    remeasured = {"verify": {n: 2 * s for n, s in first["verify"].items()}, "drafters": first["drafters"]}
+    monkeypatch.setattr(autotune, "measure", lambda e: calls.append(e) or remeasured)
+    for i, corrupt in enumerate(("{not json", json.dumps({"key": "other"}),
+                                 json.dumps({**json.loads(path.read_text()), "verify": {"1": -1.0}}))):
         path.write_text(corrupt)
         notes = []
         fixed, measured = autotune.load_or_measure(engine, log=notes.append)
         assert measured and "corrupt or stale" in notes[0]
-        assert autotune.load_or_measure(engine)[1] is False  # rewritten, valid
+        assert calls == [engine] * (i + 1) and fixed == remeasured
+        assert autotune.load_or_measure(engine) == (remeasured, False)  # rewritten, valid
+    assert len(calls) == 3
 
 
 def test_auto_choice_in_the_generator(monkeypatch):

@@ -53,7 +53,24 @@ def questions(tmp_path_factory):
     return path
 
 
-def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys):
+# The spec-auto row's verification and drafter costs, in seconds (verification nearly flat in N, as on a
+# machine where the tree is cheap, so the automatic choice is a tree and the row really speculates).
+# Injected: measuring them (test_autotune covers that) compiles the LLM at six sizes and each SSM at
+# its level widths, which was most of this test's time.
+AUTO_COSTS = {"verify": {n: 1e-3 * (1 + 0.01 * (n - 1)) for n in (1, 2, 4, 8, 16, 32)},
+              "drafters": {"ssm0": 3e-4, "ssm1": 3e-4, "recycle": 1e-5, "lookup": 1e-5}}
+
+
+def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys, monkeypatch):
+    from specjax import autotune
+
+    probes = []
+
+    def injected(engine, log=None):
+        probes.append(engine)
+        return AUTO_COSTS, False
+
+    monkeypatch.setattr(autotune, "load_or_measure", injected)
     llm = converted["llama_gqa_llama3"]
     out = tmp_path / "out"
     code = main(["bench", "--llm", str(llm), "--ssm", str(llm), "--ssm", str(llm), "--tree", "1,2,1",
@@ -86,7 +103,11 @@ def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys):
     assert res["identical_greedy"]["spec-tree"] == [3, 3] and res["identical_greedy"]["spec-chain"] == [3, 3]
     assert res["identical_greedy"]["hf-generate"] == [3, 3] and res["identical_greedy"]["hf-assisted"] == [3, 3]
     assert res["acceptance_by_depth"]["spec-chain"] == [1.0, 1.0, 1.0]
-    assert "bench: spec-auto runs " in err  # what the automatic choice picked, and why
+    # the automatic choice from the costs for the merged drafters (both SSMs, recycling, lookup), printed
+    [probe] = probes
+    assert [d.name for d in probe.drafters] == ["ssm0", "ssm1", "recycle", "lookup"]
+    choice = autotune.choose(AUTO_COSTS, probe.drafters)
+    assert choice.drafters and f"bench: spec-auto runs {choice.reason}" in err
     for s in ("spec-recycle", "spec-lookup", "spec-merged-b16", "spec-auto"):  # every drafter's row is exact too
         assert res["identical_greedy"][s] == [3, 3]
     merged = res["summary"]["spec-merged-b16"]["overall"]["accepted_by"]
