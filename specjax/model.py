@@ -264,9 +264,25 @@ def forward(params: Params, cfg: ModelConfig, tokens, positions, cache: KVCache,
     Returns:
       hidden [B, T, E] (final hidden states, ready for `lm_head`) and the updated cache.
     """
+    hidden, cache, _ = decode(params, cfg, embed(params, cfg, tokens, positions), positions, cache, slots, mask)
+    return hidden, cache
+
+
+def forward_features(params: Params, cfg: ModelConfig, tokens, positions, cache: KVCache, slots, mask,
+                     taps: tuple[int, ...]):
+    """forward, and the residual stream after each layer in `taps` (0-based), concatenated:
+    (hidden [B, T, E], cache, features [B, T, len(taps) * D]) -- what a feature drafter reads."""
+    hidden, cache, feats = decode(params, cfg, embed(params, cfg, tokens, positions), positions, cache, slots,
+                                  mask, taps)
+    return hidden, cache, jnp.concatenate(feats, axis=-1)
+
+
+def decode(params: Params, cfg: ModelConfig, x, positions, cache: KVCache, slots, mask,
+           taps: tuple[int, ...] = ()):
+    """The decoder layers over inputs x [B, T, D] (embedded tokens, or a feature drafter's fused input).
+    Returns (hidden [B, T, E], cache, [x after layer l for l in taps])."""
     inv_freq = jnp.asarray(rope_inv_freq(cfg.rope, cfg.head_dim)) if cfg.uses_rope else None
-    x = embed(params, cfg, tokens, positions)
-    new_k, new_v = [], []
+    new_k, new_v, feats = [], [], []
     for l, lp in enumerate(params["layers"]):
         h = norm(lp["attn_norm"], x, cfg) if cfg.pre_norm else x
         h, k_l, v_l = attention(lp, h, cfg, positions, cache.k[l], cache.v[l], slots, mask, inv_freq)
@@ -279,11 +295,13 @@ def forward(params: Params, cfg: ModelConfig, tokens, positions, cache: KVCache,
             x = norm(lp["mlp_norm"], x, cfg)
         new_k.append(k_l)
         new_v.append(v_l)
+        if l in taps:
+            feats.append(x)
     if cfg.final_norm:
         x = norm(params["final_norm"], x, cfg)
     if cfg.projects_embeddings:
         x = dense(x, params["project_out"])
-    return x, KVCache(k=tuple(new_k), v=tuple(new_v))
+    return x, KVCache(k=tuple(new_k), v=tuple(new_v)), feats
 
 
 def lm_head(params: Params, cfg: ModelConfig, hidden):

@@ -1,0 +1,290 @@
+"""Training a feature SSM with optax: distillation to the LLM's distribution, with training-time test.
+
+Loss: cross-entropy of the drafter's distribution over the draft vocabulary against the LLM's own
+next-token distribution (its top-k, restricted to the draft vocabulary and renormalised) -- soft
+targets, not the LLM's sampled token: the drafter is judged by how often its top guesses are the LLM's,
+and the soft targets say how the LLM ranks the runners-up too (CE and KL have the same gradient; CE is
+what is computed). Every pass s = 1..passes of `model.ttt_outputs` is trained (pass s = drafting at
+depth s from real features), weighted by pass_decay ** (s - 1): later draft steps learn to read the
+drafter's own outputs, as they will when drafting (EAGLE-3's training-time test).
+
+Resumable exactly: the state (params, optimizer state, step) is saved atomically every
+`checkpoint_every` steps; batches are a pure function of (seed, step), so a killed and resumed run
+equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from specjax import checkpoint, model
+from specjax.config import ModelConfig
+from specjax.feature import model as fm
+from specjax.feature.data import FeatureData
+
+STATE_FILE = "train_state.npz"
+META_FILE = "train_meta.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    crop: int = 256  # positions per sample (the last `crop` of prompt + continuation)
+    window: int = 128  # loss positions per sample (the continuation)
+    passes: int = 3
+    pass_decay: float = 0.8
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: dict
+    opt_state: object
+    step: jax.Array
+
+
+def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
+    sched = optax.warmup_cosine_decay_schedule(0.0, tcfg.lr, max(min(tcfg.warmup_steps, tcfg.steps - 1), 1),
+                                               max(tcfg.steps, 2), tcfg.lr * tcfg.min_lr_ratio)
+    return optax.chain(optax.clip_by_global_norm(tcfg.clip_norm), optax.adamw(sched, weight_decay=tcfg.weight_decay))
+
+
+# ----------------------------------------------------------------------------- draft vocabulary
+
+
+def choose_vocab(data: FeatureData, size: int, eos_ids, vocab: int, extra_counts=None) -> tuple[np.ndarray, float]:
+    """(d2t [size] the most frequent LLM-generated tokens (plus extra_counts [V], e.g. of reference
+    answers), EOS ids always in; coverage: the fraction of the data's generated tokens it holds)."""
+    counts = np.bincount(data.tokens[data.mask > 0].ravel(), minlength=vocab).astype(np.float64)
+    if extra_counts is not None:
+        counts = counts + extra_counts
+    for e in eos_ids:
+        counts[e] = np.inf
+    d2t = np.sort(np.argsort(-counts, kind="stable")[:size]).astype(np.int32)
+    total = max(float(data.mask.sum()), 1.0)
+    covered = float(np.isin(data.tokens[data.mask > 0], d2t).sum()) / total
+    return d2t, covered
+
+
+def t2d(d2t: np.ndarray, vocab: int) -> np.ndarray:
+    """[V] draft id of each LLM token, -1 outside the draft vocabulary."""
+    out = np.full(vocab, -1, np.int32)
+    out[d2t] = np.arange(len(d2t), dtype=np.int32)
+    return out
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def batch_rows(num_rows: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """Rows of batch `step` in the seed's stream of per-epoch permutations (pure in (seed, step))."""
+    start, out = step * batch_size, []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_rows)
+        perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
+        out += perm[offset: offset + batch_size - len(out)].tolist()
+    return np.asarray(out)
+
+
+def make_batch(data: FeatureData, rows: np.ndarray, tcfg: TrainConfig, t2d_map: np.ndarray) -> dict:
+    """Cropped, aligned arrays for `rows`: position i of a crop reads feats[i] and token[i + 1] and is
+    trained on the LLM's distribution at i + 1 (which predicts token i + 2), weighted by mask[i + 2]."""
+    C, W = tcfg.crop, tcfg.window
+    feats = data.features(rows)
+    F = feats.shape[-1]
+    k = data.topk_ids.shape[-1]
+    out = dict(feats=np.zeros((len(rows), C - 1, F), np.float16), tokens=np.zeros((len(rows), C - 1), np.int32),
+               tgt=np.zeros((len(rows), W, k), np.int32), p=np.zeros((len(rows), W, k), np.float32),
+               w=np.zeros((len(rows), W), np.float32), start=np.zeros(len(rows), np.int32))
+    for b, r in enumerate(rows):
+        mask = data.mask[r]
+        gen = np.flatnonzero(mask)
+        if not len(gen):
+            continue
+        end = int(gen[-1]) + 1  # tokens [0, end) are real
+        lo = max(0, end - C)
+        n = end - lo
+        out["feats"][b, : n - 1] = feats[b, lo: end - 1]
+        out["tokens"][b, : n - 1] = data.tokens[r, lo + 1: end]
+        s = max(int(gen[0]) - 2 - lo, 0)  # first crop position whose target token (i + 2) is generated
+        out["start"][b] = s
+        idx = np.arange(s, min(s + W, n - 2))
+        m = len(idx)
+        ids = data.topk_ids[r, lo + idx + 1]
+        d = t2d_map[ids]
+        out["tgt"][b, :m] = np.maximum(d, 0)
+        out["p"][b, :m] = np.where(d >= 0, data.topk_probs[r, lo + idx + 1].astype(np.float32), 0.0)
+        out["w"][b, :m] = mask[lo + idx + 2]
+    return out
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def loss_and_metrics(params, cfg: FeatureConfig, embed_table, batch, tcfg: TrainConfig):
+    """Weighted soft cross-entropy over the passes; metrics: loss and top-1 agreement per pass."""
+    emb = jnp.take(embed_table, batch["tokens"], axis=0)
+    outs = fm.ttt_outputs(params, cfg, batch["feats"], emb, tcfg.passes)
+    idx = batch["start"][:, None] + jnp.arange(tcfg.window)[None, :]  # [B, W]
+    valid_idx = idx < batch["tokens"].shape[1]
+    idx = jnp.minimum(idx, batch["tokens"].shape[1] - 1)
+    p = batch["p"]
+    psum = p.sum(-1)
+    tgt_top = batch["tgt"][..., 0]
+    total, metrics, wsum = 0.0, {}, 0.0
+    for s, o in enumerate(outs, 1):
+        w = batch["w"] * valid_idx * (idx >= s - 1) * (psum > 0)
+        os_ = jnp.take_along_axis(o, idx[..., None], axis=1)  # [B, W, D]
+        logp = jax.nn.log_softmax(fm.logits(params, cfg, os_), axis=-1)  # [B, W, V']
+        ce = -(p * jnp.take_along_axis(logp, batch["tgt"], axis=-1)).sum(-1) / jnp.maximum(psum, 1e-6)
+        den = jnp.maximum(w.sum(), 1e-6)
+        loss_s = (w * ce).sum() / den
+        hit1 = jnp.argmax(logp, -1) == tgt_top
+        hit3 = (jax.lax.top_k(logp, 3)[1] == tgt_top[..., None]).any(-1)
+        agree = (w * hit1 * (batch["p"][..., 0] > 0)).sum() / den
+        metrics[f"top3_{s}"] = (w * hit3 * (batch["p"][..., 0] > 0)).sum() / den
+        metrics[f"weight{s}"] = w.sum()
+        weight = tcfg.pass_decay ** (s - 1)
+        total, wsum = total + weight * loss_s, wsum + weight
+        metrics[f"loss{s}"], metrics[f"agree{s}"] = loss_s, agree
+    loss = total / wsum
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+FeatureConfig = fm.FeatureConfig
+
+
+@functools.lru_cache(maxsize=None)
+def make_train_step(cfg: FeatureConfig, tcfg: TrainConfig) -> Callable:
+    opt = make_optimizer(tcfg)
+
+    @jax.jit
+    def train_step(state: TrainState, embed_table, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(
+            state.params, cfg, embed_table, batch, tcfg)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
+
+    return train_step
+
+
+@functools.lru_cache(maxsize=None)
+def make_eval_step(cfg: FeatureConfig, tcfg: TrainConfig) -> Callable:
+    return jax.jit(lambda params, embed_table, batch: loss_and_metrics(params, cfg, embed_table, batch, tcfg)[1])
+
+
+def evaluate(params, cfg: FeatureConfig, embed_table, data: FeatureData, d2t: np.ndarray, tcfg: TrainConfig,
+             batch_size: int = 8) -> dict:
+    """Agreement with the LLM's top-1 token on every row of `data`, per draft depth (= pass): top-1
+    and top-3 of the drafter (a target outside the draft vocabulary counts as a miss)."""
+    tmap = t2d(d2t, cfg.llm_vocab)
+    fn = make_eval_step(cfg, tcfg)
+    sums: dict = {}
+    for i in range(0, len(data), batch_size):
+        rows = np.arange(i, min(i + batch_size, len(data)))
+        batch = make_batch(data, rows, tcfg, tmap)
+        m = {k: float(v) for k, v in fn(params, jnp.asarray(embed_table), {k: jnp.asarray(v) for k, v in batch.items()}).items()}
+        for s in range(1, tcfg.passes + 1):
+            w = m[f"weight{s}"]
+            for key in (f"agree{s}", f"top3_{s}"):
+                sums[key] = sums.get(key, 0.0) + m[key] * w
+            sums[f"weight{s}"] = sums.get(f"weight{s}", 0.0) + w
+    return {k: v / max(sums[f"weight{k[-1]}"], 1e-9) for k, v in sums.items() if not k.startswith("weight")}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_state(directory: Path, state: TrainState, tcfg: TrainConfig) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = jax.device_get(state)
+    arrays = {f"p.{k}": np.asarray(v) for k, v in checkpoint.flatten(state.params).items()}
+    arrays.update({f"o.{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.opt_state))})
+    tmp = directory / (".tmp-" + STATE_FILE)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, directory / STATE_FILE)
+    meta = {"step": int(state.step), "train_config": dataclasses.asdict(tcfg)}
+    (directory / (".tmp-" + META_FILE)).write_text(json.dumps(meta, indent=1))
+    os.replace(directory / (".tmp-" + META_FILE), directory / META_FILE)
+
+
+def load_state(directory: Path, template: TrainState, tcfg: TrainConfig) -> TrainState:
+    meta = json.loads((directory / META_FILE).read_text())
+    if meta["train_config"] != dataclasses.asdict(tcfg):
+        raise ValueError(f"{directory}: the saved training state is of another train config "
+                         f"({meta['train_config']} vs {dataclasses.asdict(tcfg)})")
+    with np.load(directory / STATE_FILE) as f:
+        flat = {k[2:]: f[k] for k in f.files if k.startswith("p.")}
+        opt = [f[f"o.{i}"] for i in range(len(jax.tree.leaves(template.opt_state)))]
+    shapes = jax.tree.map(lambda x: x.shape, template.params)
+    params = jax.tree.map(jnp.asarray, checkpoint.unflatten(flat, shapes))
+    opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), [jnp.asarray(x) for x in opt])
+    return TrainState(params, opt_state, jnp.int32(meta["step"]))
+
+
+def train(params, cfg: FeatureConfig, embed_table, data: FeatureData, d2t: np.ndarray, tcfg: TrainConfig,
+          state_dir: str | Path | None = None, resume: bool = False, stop_at: int | None = None,
+          log: Callable[[str], None] | None = print, log_every: int = 25,
+          reload: Callable[[], FeatureData] | None = None,
+          on_checkpoint: Callable[[dict, int], None] | None = None) -> tuple[dict, list[dict]]:
+    """Trains on `data`; checkpoints to state_dir; resume continues from it; stop_at stops (and
+    checkpoints) after that step as a killed run would. Returns (params, logged metrics).
+
+    reload: called at every checkpoint for the data to go on with (a data directory still being
+    built); then batches depend on when the data grew, and a resumed run equals an uninterrupted one
+    only for data that no longer grows. on_checkpoint(params, step): e.g. export the drafter."""
+    state_dir = Path(state_dir) if state_dir else None
+    opt = make_optimizer(tcfg)
+    state = TrainState(params, opt.init(params), jnp.int32(0))
+    if resume and state_dir and (state_dir / STATE_FILE).is_file():
+        state = load_state(state_dir, state, tcfg)
+        if log:
+            log(f"resumed at step {int(state.step)}")
+    tmap = t2d(d2t, cfg.llm_vocab)
+    step_fn = make_train_step(cfg, tcfg)
+    embed_table = jnp.asarray(embed_table)
+    history, t0, seen = [], time.perf_counter(), 0
+    last = min(tcfg.steps, stop_at) if stop_at is not None else tcfg.steps
+    while int(state.step) < last:
+        i = int(state.step)
+        batch = make_batch(data, batch_rows(len(data), i, tcfg.batch_size, tcfg.seed), tcfg, tmap)
+        state, metrics = step_fn(state, embed_table, {k: jnp.asarray(v) for k, v in batch.items()})
+        seen += int(batch["w"].sum())
+        if (i + 1) % log_every == 0 or i + 1 == last:
+            m = {k: float(v) for k, v in metrics.items()}
+            m["step"] = i + 1
+            history.append(m)
+            if log:
+                dt = time.perf_counter() - t0
+                log(f"step {i + 1}/{tcfg.steps} loss {m['loss']:.3f} agree " +
+                    " / ".join(f"{m[f'agree{s}']:.3f}" for s in range(1, tcfg.passes + 1)) +
+                    f" ({seen / dt:.0f} target tokens/s)")
+        if (i + 1) % tcfg.checkpoint_every == 0 or i + 1 == last:
+            if state_dir:
+                save_state(state_dir, state, tcfg)
+            if on_checkpoint:
+                on_checkpoint(state.params, i + 1)
+            if reload is not None:
+                data = reload()
+    return state.params, history

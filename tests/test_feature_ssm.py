@@ -1,0 +1,138 @@
+"""The feature SSM (specjax.feature): its training-time-test forward equals cached drafting, its
+checkpoints refuse another LLM, its data refuses another LLM or malformed prompts, and training
+resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specjax import model
+from specjax.config import ModelConfig
+from specjax.feature import data as fdata
+from specjax.feature import model as fm
+from specjax.feature import train as ftrain
+
+LLM = ModelConfig(family="llama", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=4, num_heads=4,
+                  num_kv_heads=2, head_dim=8, max_position_embeddings=128, eos_token_ids=(2,))
+TAPS = (0, 2, 3)
+
+
+def _drafter(layers=2, seed=0):
+    cfg = fm.make_config(LLM, TAPS, draft_vocab=16, num_layers=layers)
+    return cfg, fm.init_params(cfg, jax.random.PRNGKey(seed), std=0.3)
+
+
+def test_ttt_passes_equal_cached_drafting():
+    """Pass 1 == a causal cached forward over real features; pass s at position i == drafting depth s-1
+    from the root at i - s + 2 (catch-up up to i - s + 1, then the chain on the drafter's own outputs)."""
+    cfg, p = _drafter()
+    B, T, S = 2, 10, 32
+    feats = jax.random.normal(jax.random.PRNGKey(1), (B, T, cfg.feature_width))
+    emb = jax.random.normal(jax.random.PRNGKey(2), (B, T, LLM.hidden_size))
+    outs = fm.ttt_outputs(p, cfg, feats, emb, 3)
+    pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+    o, _ = fm.step(p, cfg, fm.fuse(p, feats), emb, pos, fm.init_cache(cfg, B, S), pos,
+                   jnp.arange(S)[None, None, :] <= pos[:, :, None])
+    np.testing.assert_allclose(o, outs[0], atol=1e-4)
+    P = 6
+    pp = pos[:, :P]
+    o1, c = fm.step(p, cfg, fm.fuse(p, feats[:, :P]), emb[:, :P], pp, fm.init_cache(cfg, B, S), pp,
+                    jnp.arange(S)[None, None, :] <= pp[:, :, None])
+    g = o1[:, -1:]
+    for d in (1, 2):
+        i = P - 1 + d  # the depth-d node's position
+        m = (jnp.arange(S) < P) | ((jnp.arange(S) > 20) & (jnp.arange(S) <= 20 + d))
+        g, c = fm.step(p, cfg, g, emb[:, i:i + 1], jnp.full((B, 1), i), c, jnp.full((B, 1), 20 + d),
+                       jnp.broadcast_to(m, (B, 1, S)))
+        np.testing.assert_allclose(g[:, 0], outs[d][:, i], atol=1e-4)
+
+
+def test_ttt_mask_shape():
+    m = fm.ttt_mask(5, 2)
+    assert m.shape == (5, 10)
+    assert m[3, :5].tolist() == [True, True, True, False, False]  # real features up to i - 1
+    assert m[3, 5:].tolist() == [False, False, False, True, False]  # only itself in pass 2
+
+
+def test_checkpoint_round_trip_and_mismatches(tmp_path):
+    cfg, p = _drafter()
+    d2t = np.arange(16, dtype=np.int32) * 3 + 2  # includes EOS 2
+    fm.save(tmp_path / "f", p, cfg, d2t, dtype=np.float32)
+    p2, cfg2, d2 = fm.load(tmp_path / "f", LLM)
+    assert cfg2 == cfg and (d2 == d2t).all()
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), p, p2)
+    other = dict(hidden_size=(48, "hidden size"), num_layers=(5, "layer count"), vocab_size=(80, "vocabulary"))
+    for field, (value, words) in other.items():
+        import dataclasses
+
+        with pytest.raises(fm.FeatureSSMError, match=words):
+            fm.load(tmp_path / "f", dataclasses.replace(LLM, **{field: value}))
+    with pytest.raises(fm.FeatureSSMError, match="fingerprint"):
+        cfgf = dataclasses.replace(cfg, llm_fingerprint="aaaa")
+        fm.save(tmp_path / "g", p, cfgf, d2t)
+        fm.load(tmp_path / "g", LLM, fingerprint="bbbb")
+    fm.save(tmp_path / "h", p, cfg, np.arange(16, dtype=np.int32) + 10)
+    with pytest.raises(fm.FeatureSSMError, match="end-of-sequence"):
+        fm.load(tmp_path / "h", LLM)
+    with pytest.raises(fm.FeatureSSMError, match="not a feature SSM"):
+        fm.load(tmp_path)
+    with pytest.raises(fm.FeatureSSMError, match="taps"):
+        fm.make_config(LLM, (1, 4), 16)
+
+
+def test_prompt_rows_checked(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "hi"}\n{"messages": [{"role": "user", "content": "a"}, '
+                 '{"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}\n')
+    rows = fdata.read_rows(f)
+    assert rows[0]["messages"] == [{"role": "user", "content": "hi"}] and len(rows[1]["messages"]) == 3
+    for bad, words in (('{"messages": "x"}', "non-empty list"), ('{"messages": [{"role": "bot", "content": "x"}]}', "role"),
+                       ('{"messages": [{"role": "system", "content": "x"}]}', "no user turn"),
+                       ('{"prompt": ""}', "non-empty"), ("[1, 2]", "JSON object"), ("{oops", "not valid JSON")):
+        f.write_text('{"prompt": "ok"}\n' + bad + "\n")
+        with pytest.raises(fdata.FeatureDataError, match=f"p.jsonl:2: .*{words}"):
+            fdata.read_rows(f)
+
+
+def _tiny_data(n=6, T=24, seed=0):
+    """FeatureData of a tiny random LLM over random sequences (prompt 8 tokens, then 'generated')."""
+    llm_params = model.init_params(LLM, jax.random.PRNGKey(seed), std=0.3)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, LLM.vocab_size, (n, T)).astype(np.int32)
+    mask = np.zeros((n, T), np.uint8)
+    mask[:, 8:] = 1
+    mask[0, 20:] = 0
+    tokens[0, 20:] = 0
+    feats, ids, probs = fdata.features(llm_params, LLM, tokens, TAPS, 4)
+    return llm_params, fdata.FeatureData(tokens, mask, [feats], ids, probs, np.asarray([0, n]), {})
+
+
+def test_data_directory_refuses_another_llm(tmp_path):
+    meta = {"llm": "aaa", "taps": [0, 2, 3]}
+    fdata.check_meta(tmp_path, meta)
+    fdata.check_meta(tmp_path, meta)  # same config: fine
+    with pytest.raises(fdata.FeatureDataError, match="llm"):
+        fdata.check_meta(tmp_path, {"llm": "bbb", "taps": [0, 2, 3]})
+    with pytest.raises(fdata.FeatureDataError, match="another LLM"):
+        fdata.load(tmp_path, LLM)
+
+
+def test_training_resumes_exactly_and_learns(tmp_path):
+    llm_params, data = _tiny_data()
+    d2t, cov = ftrain.choose_vocab(data, 16, LLM.eos_token_ids, LLM.vocab_size)
+    assert 2 in d2t.tolist() and 0 < cov <= 1
+    cfg = fm.make_config(LLM, TAPS, 16, num_layers=1)
+    p0 = fm.init_params(cfg, jax.random.PRNGKey(0), np.asarray(llm_params["embed"]), d2t)
+    tcfg = ftrain.TrainConfig(steps=6, batch_size=2, crop=20, window=12, lr=3e-3, warmup_steps=1, checkpoint_every=2)
+    embed = llm_params["embed"]
+    full, hist = ftrain.train(p0, cfg, embed, data, d2t, tcfg, log=None, log_every=1)
+    ftrain.train(p0, cfg, embed, data, d2t, tcfg, state_dir=tmp_path, stop_at=3, log=None)
+    resumed, _ = ftrain.train(p0, cfg, embed, data, d2t, tcfg, state_dir=tmp_path, resume=True, log=None)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), full, resumed)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert json.loads((tmp_path / ftrain.META_FILE).read_text())["step"] == 6
