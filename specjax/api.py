@@ -3,6 +3,7 @@
     from specjax import Generator
     gen = Generator.load()                       # embedded default LLM (+ shipped drafters, if any)
     gen = Generator.load(llm="path/to/llm", ssms=["path/to/ssm"], tree="1,1,3,1,1,1,1,1")
+    gen = Generator.load(llm="path/to/llm", feature_ssm="path/to/feature_ssm")   # EAGLE-style drafter
     [out] = gen.generate(["Tell me a joke."], chat=True, max_new_tokens=64)
     print(out["text"], out["llm_steps"])
 """
@@ -55,12 +56,14 @@ class Generator:
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
                  max_len: int | None = None, mode: str | None = None, mesh=None, drafters=None,
                  budget: int | None = None, recycle_table=None, choice=None,
-                 weight_dtype: str | None = None):
-        """drafters: names or configs (see Engine); None: the SSMs alone. choice: the automatic
-        choice (autotune.Choice) that picked them, if any. weight_dtype: see Engine."""
+                 weight_dtype: str | None = None, feature_ssm=None):
+        """drafters: names or configs (see Engine); None: the SSMs alone (and the feature SSM, if
+        given). choice: the automatic choice (autotune.Choice) that picked them, if any. weight_dtype:
+        see Engine. feature_ssm: a loaded feature SSM (drafters.feature.load)."""
         self.llm = llm
         self.ssms = tuple(ssms)
-        names = drafters if drafters is not None else (("ssm",) if self.ssms else ())
+        names = drafters if drafters is not None else (
+            (("ssm",) if self.ssms else ()) + (("feature",) if feature_ssm is not None else ()))
         self.mode = mode or ("spec" if names else "incremental")
         if self.mode not in ("spec", "incremental"):
             raise EngineError(f"unknown mode {self.mode!r} (expected 'spec' or 'incremental')")
@@ -71,7 +74,9 @@ class Generator:
         spec = self.mode == "spec"
         self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len,
                              mesh=mesh, drafters=names if spec else (), budget=budget if spec else None,
-                             recycle_table=recycle_table, weight_dtype=weight_dtype)
+                             recycle_table=recycle_table, weight_dtype=weight_dtype,
+                             feature_ssm=feature_ssm if spec else None)
+        self.feature_ssm = self.engine.feature_ssm
         if mesh is None:  # the engine's (possibly packed) weights only: no second copy stays alive
             self.llm, self.ssms = self.engine.llm, self.engine.ssms
 
@@ -79,7 +84,8 @@ class Generator:
     def load(cls, llm: str | None = None, ssms: Sequence[str] = (), tree: str | None = None,
              node_budget: int = 64, max_len: int | None = None, mode: str | None = None,
              mesh=None, drafters: str | Sequence[str] | None = None, budget: int | None = None,
-             recycle_table: str | None = None, log=None, weight_dtype: str | None = None) -> "Generator":
+             recycle_table: str | None = None, log=None, weight_dtype: str | None = None,
+             feature_ssm: str | None = None) -> "Generator":
         """mesh: "dp=2,tp=4" (see specjax.sharding.parse_mesh) or a jax.sharding.Mesh; None: one device.
 
         tree: an expansion 'k1,...,km' for the SSMs, or None / 'auto': the SSMs' shipped (or the
@@ -88,7 +94,10 @@ class Generator:
         drafters: 'ssm,recycle,lookup' or a list of names; None: every one that applies (ssm only
         with SSMs). recycle_table: a saved recycling table to start from (checked against the LLM).
         log: where the automatic choice's measurement notes go (e.g. print to stderr).
-        weight_dtype: "bfloat16" stores the weights in bf16 for the CPU kernel (see Engine)."""
+        weight_dtype: "bfloat16" stores the weights in bf16 for the CPU kernel (see Engine).
+        feature_ssm: a feature SSM checkpoint directory (specjax.feature.model) for drafter 'feature';
+        None: with the embedded LLM, the shipped one (specjax/default_ssms/feature/) if installed. One
+        made for another LLM is refused (FeatureSSMError) before any generation."""
         from specjax import drafters as drafters_lib
         from specjax import sharding
 
@@ -99,7 +108,24 @@ class Generator:
             tree = None
         names = drafters_lib.parse_names(drafters) if isinstance(drafters, str) else (
             tuple(drafters) if drafters is not None else None)
+        if feature_ssm is not None:
+            from specjax.feature import model as feature_model
+
+            if not feature_model.is_checkpoint(feature_ssm):
+                raise feature_model.FeatureSSMError(f"--feature-ssm {feature_ssm}: not a feature SSM checkpoint "
+                                                    f"({feature_model.CONFIG_FILE} missing)")
         llm_model = load(llm, mesh)
+        fs_model = None
+        if feature_ssm is None and llm is None and mode != "incremental" and (names is None or "feature" in names):
+            from specjax import default_model
+
+            shipped = default_model.DEFAULT_SSMS_DIR / "feature"
+            if (shipped / "feature_config.json").is_file():
+                feature_ssm = str(shipped)
+        if feature_ssm is not None and mode != "incremental":
+            from specjax.drafters import feature
+
+            fs_model = feature.load(feature_ssm, llm_model, fingerprint=mesh is None)
         ssm_models = [load(p, mesh, sharding.SSM_SPLIT) for p in ssms]
         if llm is None and not ssm_models and mode != "incremental" and (names is None or "ssm" in names):
             from specjax import default_model
@@ -119,7 +145,8 @@ class Generator:
             tree_cfg = (TreeConfig.parse(tree, num_ssms=len(ssm_models), node_budget=node_budget) if tree
                         else TreeConfig(num_ssms=len(ssm_models), node_budget=node_budget))
         if names is None:  # every drafter that applies
-            names = (("ssm",) if ssm_models else ()) + ("recycle", "lookup")
+            names = ((("ssm",) if ssm_models else ()) + (("feature",) if fs_model is not None else ())
+                     + ("recycle", "lookup"))
         table = None
         if recycle_table is not None:
             from specjax.drafters import recycle
@@ -137,7 +164,12 @@ class Generator:
                 llm_model = dataclasses.replace(llm_model, params=skinny.pack_params(llm_model.params, llm_model.cfg, weight_dtype))
                 ssm_models = [dataclasses.replace(m, params=skinny.pack_params(m.params, m.cfg, weight_dtype))
                               for m in ssm_models]
-            probe = Engine(llm_model, ssms=ssm_models, tree=tree_cfg, max_len=max_len, drafters=names)
+            if mesh is None and fs_model is not None:
+                from specjax.drafters import feature
+
+                fs_model = feature.pack(fs_model, weight_dtype)
+            probe = Engine(llm_model, ssms=ssm_models, tree=tree_cfg, max_len=max_len, drafters=names,
+                           feature_ssm=fs_model)
             costs, _ = autotune.load_or_measure(probe, log=log)
             choice = autotune.choose(costs, probe.drafters, allow_incremental=mode != "spec")
             if not choice.drafters:
@@ -145,7 +177,8 @@ class Generator:
             else:
                 names, budget = tuple(d for d in probe.drafters if d.name in choice.drafters), choice.budget
         gen = cls(llm_model, ssm_models, tree_cfg, max_len=max_len, mode=mode, mesh=mesh, drafters=names,
-                  budget=budget, recycle_table=table, choice=choice, weight_dtype=weight_dtype)
+                  budget=budget, recycle_table=table, choice=choice, weight_dtype=weight_dtype,
+                  feature_ssm=fs_model if "feature" in [getattr(n, "name", n) for n in names] else None)
         if choice is not None and choice.drafters:  # watched: a request that drafts badly goes incremental
             from specjax.fallback import FallbackConfig
 

@@ -5,8 +5,8 @@
 Costs, in seconds, measured with the engine's own params and model.forward (so a faster matmul
 kernel is measured when it lands): verify(N), one LLM forward + LM head over N tree tokens
 (N = 1 is an incremental step), for N in VERIFY_SIZES; and each drafter's own cost per step (an
-SSM's catch-up and levels; the recycling update's top-k over the verified nodes' logits; lookup's
-matching). The LLM is timed whole (one compile per size; a few seconds for small models).
+SSM's catch-up and levels; a feature SSM's catch-up and levels, its propose timed whole; the
+recycling update's top-k over the verified nodes' logits; lookup's matching). The LLM is timed whole (one compile per size; a few seconds for small models).
 
 Acceptance: node_acceptance[name][j] = P(drafter's local node j is accepted), per step, from
 drafters/acceptance.json. The expected tokens per step with budget N are 1 + the sum of the N largest
@@ -79,6 +79,8 @@ def cache_key(engine) -> dict:
     from specjax import skinny
 
     models = [engine.llm.cfg.to_json()] + [s.cfg.to_json() for s in engine.ssms]
+    if getattr(engine, "feature_ssm", None) is not None:
+        models.append(engine.feature_ssm.cfg.to_json())
     return {"format": FORMAT, "processor": processor_name(), "jax": jax.__version__,
             "matmul": skinny.describe(engine.llm.params),  # the CPU kernel changes every cost
             "code": code_hash(),
@@ -160,6 +162,8 @@ def measure_drafter(engine, d, num_nodes: int, repeats: int = 7) -> float:
         costs = Costs(draft_tokens=tuple(widths), draft_seconds=tuple(t[w] for w in widths),
                       verify_tokens=(1,), verify_seconds=(0.0,))
         return step_seconds(d.expansion, 1, costs)
+    if d.kind == "feature":
+        return measure_feature(engine, d, repeats)
     if d.kind == "recycle":
         V = engine.llm.cfg.vocab_size
         logits = jax.random.normal(jax.random.PRNGKey(0), (1, num_nodes, V))
@@ -171,6 +175,37 @@ def measure_drafter(engine, d, num_nodes: int, repeats: int = 7) -> float:
     toks = jax.random.randint(jax.random.PRNGKey(0), (1, S), 0, 50)
     f = jax.jit(lambda t: lookup.find(t, jnp.asarray([200]), d.max_ngram))
     return _time(f, (toks,), repeats)
+
+
+def measure_feature(engine, d, repeats: int = 7, num_slots: int = 320, root: int = 200) -> float:
+    """One propose of feature drafter d, batch 1, with the engine's params: a catch-up of M + 1 pairs
+    (M = its own depth) and one forward per tree level but the last, at root slot `root`."""
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from specjax import model
+    from specjax.drafters import feature
+    from specjax.sampling import SamplingConfig
+
+    fcfg = d.model
+    W = d.topology.max_depth + 1
+    Sd = num_slots + feature.num_run(d.expansion)
+    state = feature.State(cache=model.init_cache(fcfg.layer, 1, Sd),
+                          o=jnp.zeros((1, fcfg.layer.hidden_size), jnp.float32),
+                          feats=jax.random.normal(jax.random.PRNGKey(0), (1, W, fcfg.feature_width)),
+                          next=jnp.ones((1, W), jnp.int32), count=jnp.full((1,), W, jnp.int32),
+                          start=jnp.full((1,), root - W, jnp.int32))
+    tokens = jnp.ones((1, num_slots), jnp.int32)
+
+    def f(params, state, tokens, length):
+        base = types.SimpleNamespace(tokens=tokens, length=length, done=jnp.zeros((1,), bool))
+        prop, st = feature.propose(jax.random.PRNGKey(0), params, state, d, base, SamplingConfig(), False)
+        return prop.tokens, st.o
+
+    params = feature.engine_params(engine.feature_ssm, engine.llm.params)
+    return _time(jax.jit(f), (params, state, tokens, jnp.full((1,), root, jnp.int32)), repeats)
 
 
 def _level_widths(expansion):

@@ -28,7 +28,10 @@ def _add_generate(sub):
                         "expansion k1,...,km (every proposed node is verified unless --budget is given)")
     p.add_argument("--node-budget", type=positive_int, default=64, help="max tree nodes per step over all SSMs")
     p.add_argument("--drafters", default=None,
-                   help="comma list of ssm, recycle, lookup (default: every one that applies)")
+                   help="comma list of ssm, feature, recycle, lookup (default: every one that applies)")
+    p.add_argument("--feature-ssm", default=None, metavar="DIR",
+                   help="a feature SSM (EAGLE-style, drafts from the LLM's features) for drafter 'feature' "
+                        "(default: the embedded LLM's, when installed)")
     p.add_argument("--budget", type=positive_int, default=None,
                    help="verify the N best proposed nodes per step (by calibrated path score)")
     p.add_argument("--recycle-table", default=None, help="start token recycling from this saved table")
@@ -111,7 +114,7 @@ def cmd_generate(args) -> int:
     rows = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k or 0,
                               top_p=1.0 if args.top_p is None else args.top_p)
-    inputs = [p for p in [args.prompts, args.llm, *args.ssm] if p]
+    inputs = [p for p in [args.prompts, args.llm, *args.ssm, args.feature_ssm] if p]
     if args.output:  # checked before any model loads
         check_output_path(args.output, inputs, overwrite=args.overwrite, resume=args.resume)
     if args.distributed:
@@ -132,7 +135,8 @@ def cmd_generate(args) -> int:
                                  max_len=args.max_len, mode=args.mode, mesh=args.mesh, drafters=args.drafters,
                                  budget=args.budget, recycle_table=args.recycle_table,
                                  log=lambda m: print(m, file=sys.stderr),
-                                 weight_dtype=None if args.weight_dtype == "float32" else args.weight_dtype)
+                                 weight_dtype=None if args.weight_dtype == "float32" else args.weight_dtype,
+                                 feature_ssm=args.feature_ssm)
         print(f"loaded {gen.describe()} in {time.perf_counter() - t_load:.1f}s", file=sys.stderr)
         if gen.choice is not None:
             print(f"auto: {gen.choice.reason}", file=sys.stderr)
@@ -235,7 +239,8 @@ def _add_serve(sub):
     p.add_argument("--mode", choices=["incremental", "spec"], default=None, help="as for generate")
     p.add_argument("--tree", type=tree_or_auto, default="auto", help="as for generate")
     p.add_argument("--node-budget", type=positive_int, default=64, help="max tree nodes per step over all SSMs")
-    p.add_argument("--drafters", default=None, help="comma list of ssm, recycle, lookup (as for generate)")
+    p.add_argument("--drafters", default=None, help="comma list of ssm, feature, recycle, lookup (as for generate)")
+    p.add_argument("--feature-ssm", default=None, metavar="DIR", help="a feature SSM (as for generate)")
     p.add_argument("--budget", type=positive_int, default=None, help="verify the N best proposed nodes per step")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=positive_int, default=8000, help="port to listen on")
@@ -266,7 +271,8 @@ def cmd_serve(args) -> int:
     gen = api.Generator.load(llm=args.llm, ssms=args.ssm, tree=args.tree, node_budget=args.node_budget,
                              max_len=args.max_len, mode=args.mode, drafters=args.drafters, budget=args.budget,
                              log=lambda m: print(m, file=sys.stderr),
-                             weight_dtype=None if args.weight_dtype == "float32" else args.weight_dtype)
+                             weight_dtype=None if args.weight_dtype == "float32" else args.weight_dtype,
+                             feature_ssm=args.feature_ssm)
     print(f"loaded {gen.describe()} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     slots = args.max_len
     if slots is None:

@@ -25,7 +25,7 @@ from specjax.config import ModelConfig
 from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill, step_room
 from specjax.prefill import plan as prefill_plan
 from specjax.prefill import prefill_chunk
-from specjax.drafters.setup import build_drafters, check_budget, prefill_successors
+from specjax.drafters.setup import build_drafters, check_budget, prefill_outputs
 from specjax.fallback import FallbackConfig, Watch
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
 from specjax.incremental import incremental_loop
@@ -97,13 +97,15 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "bucket", "successors"), donate_argnames=("cache",))
-def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int, successors: int = 0):
-    """The prefilled cache; with successors = k > 0 also the LLM's top-k tokens at every prefilled
-    position [B, bucket, k] (the recycling drafter's first table entries)."""
-    if not successors:
+@functools.partial(jax.jit, static_argnames=("cfg", "bucket", "successors", "taps"), donate_argnames=("cache",))
+def _prefill(params, cache, tokens, prompt_len, cfg: ModelConfig, bucket: int, successors: int = 0,
+             taps: tuple = ()):
+    """The prefilled cache; with successors = k > 0 or taps, (cache, the LLM's top-k tokens at every
+    prefilled position [B, bucket, k] or None (the recycling drafter's first table entries), its
+    features there [B, bucket, len(taps) * D] or None (what a feature drafter prefills from))."""
+    if not successors and not taps:
         return prefill(params, cfg, cache, tokens, prompt_len, bucket)
-    return prefill_successors(params, cfg, cache, tokens, prompt_len, bucket, successors)
+    return prefill_outputs(params, cfg, cache, tokens, prompt_len, bucket, successors, taps)
 
 
 def _vocab(tokenizer) -> dict:
@@ -161,11 +163,12 @@ class Engine:
     def __init__(self, llm: LoadedModel, ssms: Sequence[LoadedModel] = (), tree: TreeConfig | None = None,
                  max_len: int | None = None, mesh=None, drafters: Sequence | None = None,
                  budget: int | None = None, recycle_table=None, cpu_kernel: bool | None = None,
-                 weight_dtype: str | None = None):
+                 weight_dtype: str | None = None, feature_ssm=None):
         """drafters: names ('ssm', 'recycle', 'lookup') or drafter configs (specjax.drafters), merged in
         this order; 'ssm' stands for every SSM given, each expanding `tree`. None: the SSMs alone.
         budget: candidate nodes verified per step, the best by path score (None: every proposed node).
         recycle_table: a [V, k] table to start token recycling from (drafters.recycle.load).
+        feature_ssm: a feature SSM (drafters.feature.load) for drafter 'feature'.
         cpu_kernel, weight_dtype: see the class docstring."""
         self.llm = llm
         self.ssms = tuple(ssms)
@@ -179,9 +182,15 @@ class Engine:
         self.fallback: FallbackConfig | None = None
         self.last_fallback = ""
         check_drafters(llm, self.ssms)
+        self.feature_ssm = feature_ssm
+        if feature_ssm is not None:
+            from specjax.feature import model as feature_model
+
+            feature_model.check_fits(feature_ssm.cfg, llm.cfg)
         if self.ssms and tree is not None and tree.num_ssms != len(self.ssms):
             raise EngineError(f"the tree config is for {tree.num_ssms} SSM(s) but {len(self.ssms)} were given")
-        self.drafters = build_drafters(drafters, llm.cfg, tuple(s.cfg for s in self.ssms), tree)
+        self.drafters = build_drafters(drafters, llm.cfg, tuple(s.cfg for s in self.ssms), tree,
+                                       None if feature_ssm is None else feature_ssm.cfg)
         self.budget = budget
         self.persistent: dict = {"recycle_table": recycle_table}
         if max_len is not None and self._slot_limit() is not None and max_len > self._slot_limit()[0]:
@@ -193,10 +202,18 @@ class Engine:
             place = lambda m, split: dict(zip(("params", "cfg"), sharding.shard_model(m.params, m.cfg, mesh, split)))
             self.llm = dataclasses.replace(llm, **place(llm, sharding.TP_SPLIT))  # cfg: kv heads may be repeated
             self.ssms = tuple(dataclasses.replace(s, **place(s, sharding.SSM_SPLIT)) for s in self.ssms)
+            if feature_ssm is not None:
+                from specjax.drafters import feature
+
+                self.feature_ssm = feature.replicate(feature_ssm, mesh)
         elif cpu_kernel is not False:  # weights re-laid-out once here, never per step
             pack = lambda m: dataclasses.replace(m, params=skinny.pack_params(m.params, m.cfg, weight_dtype))
             self.llm = pack(self.llm)
             self.ssms = tuple(pack(s) for s in self.ssms)
+            if feature_ssm is not None:
+                from specjax.drafters import feature
+
+                self.feature_ssm = feature.pack(feature_ssm, weight_dtype)
         self.cpu_kernel = skinny.is_packed(self.llm.params)
         if weight_dtype is not None and not self.cpu_kernel:
             raise EngineError(f"weight_dtype={weight_dtype!r} needs the CPU skinny-matmul kernel "
@@ -255,9 +272,11 @@ class Engine:
         return slots
 
     def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,
-                   record_steps: int, successors: int = 0, num_slots: int | None = None) -> tuple[DecodeState, int]:
+                   record_steps: int, successors: int = 0, num_slots: int | None = None,
+                   taps: tuple[int, ...] = ()) -> tuple[DecodeState, int]:
         """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket); with
-        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position.
+        successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position,
+        with taps, self.prefill_features its features there (the residual streams after those layers).
         num_slots: S as given (a row for continuous batching's fixed cache); None: sized from the prompts."""
         cfg = self.llm.cfg
         n = len(prompts)
@@ -272,13 +291,13 @@ class Engine:
         tokens, prompt_len = sharding.shard_rows((tokens, prompt_len), self.mesh)
         dtype = model.compute_dtype(self.llm.params)
         cache = sharding.new_cache(cfg, B, S, dtype, self.mesh)
-        if successors:  # the recycling drafter's table starts from the prefill's top-k (one call)
+        if successors or taps:  # the recycling table / feature drafter start from the prefill (one call)
             out = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
-                            dict(cfg=cfg, bucket=bucket, successors=successors))
-            cache, self.prefill_successors = out
+                            dict(cfg=cfg, bucket=bucket, successors=successors, taps=tuple(taps)))
+            cache, self.prefill_successors, self.prefill_features = out
         else:
             cache = self.prefill(self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket)
-            self.prefill_successors = None
+            self.prefill_successors = self.prefill_features = None
         zeros = lambda: jnp.zeros((B,), jnp.int32)  # distinct buffers: the state is donated
         max_new = np.zeros(B, np.int32)  # rows n.. (mesh padding) have nothing to generate
         max_new[:n] = max_new_tokens  # one for all, or one per prompt
@@ -406,26 +425,38 @@ class Engine:
         from specjax.drafters.base import InitContext
 
         if not self.drafters:
-            raise EngineError("speculative decoding needs at least one drafter (an SSM, recycle or lookup)")
+            raise EngineError("speculative decoding needs at least one drafter (an SSM, a feature SSM, recycle "
+                              "or lookup)")
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         cfg = SpecConfig(llm=self.llm.cfg, drafters=self.drafters, sampling=sampling, eos_ids=eos,
                          sampled_children=sampled_children, budget=self.budget)
         k = max((d.k for d in self.drafters if d.kind == "recycle"), default=0)
         R = max(_most(max_new_tokens), 1) if record_steps is None else record_steps
         base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, R, successors=k,
-                                       num_slots=num_slots)
+                                       num_slots=num_slots, taps=cfg.feature_taps)
         states = []
         for d, params in zip(self.drafters, self.drafter_params()):
             ctx = InitContext(base=base, bucket=bucket, run=self._run, params=params,
-                              successors=self.prefill_successors, persistent=self.persistent, mesh=self.mesh)
+                              successors=self.prefill_successors, persistent=self.persistent, mesh=self.mesh,
+                              features=self.prefill_features, feature_taps=cfg.feature_taps, max_depth=cfg.depth)
             states.append(drafters_lib.module(d).init_state(ctx, d))
         hits, credit = init_stats(cfg, base.tokens.shape[0])
         state = SpecState(base=base, drafters=tuple(states), hits=hits, credit=credit)
         return sharding.shard_spec_state(state, cfg, self.mesh), cfg
 
     def drafter_params(self) -> tuple:
-        """Per drafter, its params (an SSM's weights; None for the model-free drafters)."""
-        return tuple(self.ssms[d.index].params if d.kind == "ssm" else None for d in self.drafters)
+        """Per drafter, its params (an SSM's weights; a feature SSM's with d2t and the LLM's embedding
+        table; None for the model-free drafters)."""
+        from specjax.drafters import feature
+
+        def params(d):
+            if d.kind == "ssm":
+                return self.ssms[d.index].params
+            if d.kind == "feature":
+                return feature.engine_params(self.feature_ssm, self.llm.params)
+            return None
+
+        return tuple(params(d) for d in self.drafters)
 
     def _keep_drafter_state(self, state: SpecState) -> None:
         """What outlives a batch: the recycling table."""

@@ -5,7 +5,8 @@ One step, for every request b with root slot P = length[b]:
     draft    every drafter proposes a subtree from the root                (drafters.*.propose)
     merge    the proposals become one tree, optionally the N best nodes    (drafters.merge.merge)
     verify   one LLM forward over root + all nodes with the tree mask,     (model.forward, verify.*)
-             positions P + depth, K/V at slots P .. P + N - 1
+             positions P + depth, K/V at slots P .. P + N - 1 (model.forward_features, which also
+             returns the residual streams after the tap layers, when a feature drafter reads them)
     commit   the accepted path's K/V move to slots P + 1 ..; accepted tokens + the bonus are emitted
     update   every drafter updates its own state from the verified tree   (drafters.*.update)
              and the LLM's logits
@@ -74,6 +75,15 @@ class SpecConfig:
     def ssms(self) -> tuple[ModelConfig, ...]:
         return tuple(d.model for d in self.drafters if d.kind == "ssm")
 
+    @property
+    def feature_taps(self) -> tuple[int, ...]:
+        """The LLM layers whose residual streams some drafter reads (sorted; () for none)."""
+        return feature_taps(self.drafters)
+
+
+def feature_taps(drafters) -> tuple[int, ...]:
+    return tuple(sorted({t for d in drafters if d.kind == "feature" for t in d.taps}))
+
 
 @flax.struct.dataclass
 class SpecState:
@@ -86,12 +96,20 @@ class SpecState:
 @dataclasses.dataclass(frozen=True)
 class StepInfo:
     """What a drafter's update sees of the step: root_slot [B] P, running [B], the verified tree
-    (drafters.merge) and the LLM's logits at its nodes [B, N, V]."""
+    (drafters.merge), the LLM's logits at its nodes [B, N, V], its features there [B, N, F] (the
+    residual streams after layers `taps`, layer order; None when no drafter reads them), the
+    verification's accepted path [B, M + 1] (node indices, root first, -1 padded) and num_accepted
+    [B] = k, and new_tokens [B, M + 1] (the k accepted tokens, then the LLM's bonus token)."""
 
     root_slot: jax.Array
     running: jax.Array
     tree: object
     logits: jax.Array
+    features: jax.Array | None = None
+    taps: tuple = ()
+    path: jax.Array | None = None
+    num_accepted: jax.Array | None = None
+    new_tokens: jax.Array | None = None
 
 
 def commit_path(cache: model.KVCache, root_slot, path, num_accepted, running):
@@ -155,7 +173,13 @@ def spec_step(llm_params, drafter_params: tuple, state: SpecState, cfg: SpecConf
     positions = P[:, None] + tree.depth
     slots = jnp.where(running[:, None], P[:, None] + jnp.arange(N)[None, :], S)
     mask = tree_lib.tree_attention_mask(tree, P, S, P)
-    hidden, cache = model.forward(llm_params, cfg.llm, tree.tokens, positions, base.cache, slots, mask)
+    taps = cfg.feature_taps
+    if taps:
+        hidden, cache, feats = model.forward_features(llm_params, cfg.llm, tree.tokens, positions, base.cache,
+                                                      slots, mask, taps)
+    else:
+        hidden, cache = model.forward(llm_params, cfg.llm, tree.tokens, positions, base.cache, slots, mask)
+        feats = None
     logits = model.lm_head(llm_params, cfg.llm, hidden)  # [B, N, V]
     if cfg.sampling.is_greedy:
         res = verify.greedy_verify(logits, tree.tokens, tree.parents, tree.valid, M)
@@ -182,7 +206,8 @@ def spec_step(llm_params, drafter_params: tuple, state: SpecState, cfg: SpecConf
     credit = state.credit + by.any(axis=2).sum(-1).astype(jnp.int32)
 
     # Update: every drafter learns from the verified tree.
-    step = StepInfo(root_slot=P, running=running, tree=tree, logits=logits)
+    step = StepInfo(root_slot=P, running=running, tree=tree, logits=logits, features=feats, taps=taps,
+                    path=res.path, num_accepted=res.num_accepted, new_tokens=new_tokens)
     dstates = tuple(drafters_lib.module(d).update(s, d, step) for d, s in zip(cfg.drafters, dstates))
     return SpecState(base=base, drafters=dstates, hits=hits, credit=credit)
 

@@ -3,15 +3,16 @@
     ssm      an SSM expands a tree over its own cache (SpecInfer's drafting)
     recycle  token recycling: each token's latest top-k successors from the LLM's own logits
     lookup   prompt lookup: the continuation of the longest suffix n-gram found earlier in the request
+    feature  a feature SSM (EAGLE-style) drafts from the LLM's own hidden features
 
 drafters.merge puts any mix into one tree (optionally with a node budget).
 """
 
 from __future__ import annotations
 
-from specjax.drafters import lookup, recycle, ssm
+from specjax.drafters import feature, lookup, recycle, ssm
 
-KINDS = {"ssm": ssm, "recycle": recycle, "lookup": lookup}
+KINDS = {"ssm": ssm, "recycle": recycle, "lookup": lookup, "feature": feature}
 
 
 class DrafterError(ValueError):

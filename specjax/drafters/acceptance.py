@@ -22,6 +22,7 @@ PRIORS = {
     "ssm": ((0.35, 0.08, 0.04), (0.5, 0.1, 0.05)),
     "recycle": ((0.3, 0.08, 0.04), (0.4, 0.08, 0.04)),
     "lookup": ((0.05, 0.2, 0.4, 0.5), (0.2, 0.4, 0.6, 0.7)),
+    "feature": ((0.6, 0.15, 0.08), (0.7, 0.15, 0.08)),
 }
 
 
@@ -33,7 +34,7 @@ def _shipped() -> dict:
 
 
 def rates(name: str, kind: str) -> tuple[tuple[float, ...], ...]:
-    """The shipped rates of drafter `name` (ssm0, ssm1, recycle, lookup), else its kind's prior."""
+    """The shipped rates of drafter `name` (ssm0, ssm1, recycle, lookup, feature), else its kind's prior."""
     table = _shipped().get("rates", {}).get(name)
     if not table:
         return PRIORS[kind]

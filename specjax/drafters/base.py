@@ -1,11 +1,11 @@
 """The drafter interface: what every drafter kind proposes each step, and its static shape.
 
-A drafter kind is a module (specjax.drafters.ssm, .recycle, .lookup) of pure functions over its own
+A drafter kind is a module (specjax.drafters.ssm, .feature, .recycle, .lookup) of pure functions over its own
 loop state, a pytree it alone reads and writes:
 
     init_state(ctx, cfg) -> state                        host side, after the LLM prefill (InitContext)
     propose(key, params, state, cfg, base, sampling, stochastic) -> (Proposal, state)     jit side
-    update(state, cfg, tree, logits, running) -> state                                     jit side
+    update(state, cfg, step) -> state                    jit side (step: speculative.StepInfo)
     shard_state(state, cfg, mesh) -> state               places the state on a device mesh
     insert_row(state, row, b, cfg) -> state              continuous batching: row b of the batch's state
                                                          from a one-request state `row` (jit side)
@@ -82,7 +82,10 @@ class InitContext:
     """What a drafter's init_state may use (host side): the LLM's prefilled DecodeState, the prompt
     bucket, the engine's compile-once runner, the drafter's params, the LLM's top-k successors of
     every prefilled position ([B, bucket, k] or None), the engine's persistent store (a dict kept
-    across batches, e.g. the recycling table) and the mesh."""
+    across batches, e.g. the recycling table), the mesh, the LLM's features at every prefilled
+    position ([B, bucket, len(feature_taps) * D], the residual streams after feature_taps in layer
+    order; None unless a drafter reads them) and max_depth, the merged tree's depth M (the verified
+    path has M + 1 nodes)."""
 
     base: Any
     bucket: int
@@ -91,6 +94,9 @@ class InitContext:
     successors: Any
     persistent: dict
     mesh: Any = None
+    features: Any = None
+    feature_taps: tuple = ()
+    max_depth: int = 0
 
 
 def path_scores(topo: Topology, rates) -> np.ndarray:

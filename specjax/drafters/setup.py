@@ -1,5 +1,5 @@
 """Host-side set-up of the drafters: names -> static configs, budget checks, the LLM prefill that
-also reads the recycling drafter's first successors."""
+also reads the recycling drafter's first successors and the feature drafter's features."""
 
 from __future__ import annotations
 
@@ -10,19 +10,22 @@ import jax
 from specjax import model
 from specjax.config import ModelConfig
 from specjax.decode_state import causal_mask
-from specjax.drafters import DrafterError, KINDS, acceptance, lookup, recycle, ssm
+from specjax.drafters import DrafterError, KINDS, acceptance, feature, lookup, recycle, ssm
 
 AUTO_SSM_EXPANSION = (3, 1, 1, 1)  # the SSMs' expansion under --tree auto (the budget prunes it)
 RECYCLE_EXPANSION = (3, 1, 1, 1)  # the issue's simulation: 1.50 MAT alone on Spec-Bench
+FEATURE_EXPANSION = (3, 1, 1, 1)  # the feature SSM's tree (the budget prunes it)
 LOOKUP_LENGTH = 4
 LOOKUP_NGRAM = 3
 
 
-def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple, tree) -> tuple:
+def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple, tree,
+                   feature_cfg=None) -> tuple:
     """Drafter configs from names or configs. 'ssm' expands to one drafter per SSM (the tree's
-    expansion); None means every SSM given (the engine's behaviour before drafters had kinds)."""
+    expansion); 'feature' needs the feature SSM's config (feature.model.FeatureConfig). None means
+    every SSM given and the feature SSM if any (the engine's behaviour before drafters had kinds)."""
     if spec is None:
-        spec = ("ssm",) if ssm_cfgs else ()
+        spec = (("ssm",) if ssm_cfgs else ()) + (("feature",) if feature_cfg is not None else ())
     if isinstance(spec, str):
         from specjax.drafters import parse_names
 
@@ -41,6 +44,11 @@ def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple,
                 raise DrafterError("drafter 'ssm' needs a TreeConfig (the SSMs' expansion)")
             out += [ssm.Config(model=c, expansion=tree.expansion, index=i, rates=acceptance.rates(f"ssm{i}", "ssm"))
                     for i, c in enumerate(ssm_cfgs)]
+        elif item == "feature":
+            if feature_cfg is None:
+                raise DrafterError("drafter 'feature' needs a feature SSM (--feature-ssm DIR)")
+            out.append(feature.Config(model=feature_cfg, expansion=FEATURE_EXPANSION,
+                                      rates=acceptance.rates("feature", "feature")))
         elif item == "recycle":
             k = min(recycle.DEFAULT_K, llm_cfg.vocab_size)
             out.append(recycle.Config(vocab_size=llm_cfg.vocab_size, k=k,
@@ -72,10 +80,26 @@ def check_budget(budget, max_len, slot_limit) -> None:
 def prefill_successors(params, cfg: ModelConfig, cache, tokens, prompt_len, bucket: int, k: int):
     """decode_state.prefill that also returns the LLM's top-k next tokens at every prefilled
     position: ([cache], successors [B, bucket, k] int32; rows past P-2 are not real)."""
+    cache, top, _ = prefill_outputs(params, cfg, cache, tokens, prompt_len, bucket, k, ())
+    return cache, top
+
+
+def prefill_outputs(params, cfg: ModelConfig, cache, tokens, prompt_len, bucket: int, k: int, taps: tuple):
+    """decode_state.prefill (one call) that also returns what drafters read at every prefilled
+    position: (cache, successors [B, bucket, k] int32 or None (k = 0), features [B, bucket,
+    len(taps) * D] or None (taps = ()): the residual streams after the layers `taps`, layer order).
+    Positions past P-2 are not real."""
     B, S = tokens.shape
     t = jax.numpy.broadcast_to(jax.numpy.arange(bucket), (B, bucket))
     real = t < (prompt_len - 1)[:, None]
     slots = jax.numpy.where(real, t, S)
-    hidden, cache = model.forward(params, cfg, tokens[:, :bucket], t, cache, slots, causal_mask(t, S))
-    _, top = jax.lax.top_k(model.lm_head(params, cfg, hidden), k)
-    return cache, top.astype(jax.numpy.int32)
+    args = (params, cfg, tokens[:, :bucket], t, cache, slots, causal_mask(t, S))
+    if taps:
+        hidden, cache, feats = model.forward_features(*args, taps)
+    else:
+        (hidden, cache), feats = model.forward(*args), None
+    top = None
+    if k:
+        _, top = jax.lax.top_k(model.lm_head(params, cfg, hidden), k)
+        top = top.astype(jax.numpy.int32)
+    return cache, top, feats

@@ -1,0 +1,307 @@
+"""The `feature` drafter: an EAGLE-style feature SSM (specjax.feature.model) drafting a token tree from
+the LLM's own features.
+
+The drafter's cache holds one entry per committed position i < P (P = root slot, the root tokens[b, P]
+not yet run by the LLM): the pair (f_i, x_{i+1}) of the LLM's fused features at i and its embedding of
+the next token, at RoPE position i, cache slot i. Its output o_i gives (logits over the draft
+vocabulary of V' tokens, mapped to the LLM's ids by d2t [V']) the token after x_{i+1}.
+
+One step (propose, then update once the LLM has verified the merged tree):
+
+  1. catch-up (width W = M + 1, M the merged tree's depth): the pairs the LLM committed last step
+     (features at the accepted tree nodes, the accepted tokens and the bonus; at most W) run through
+     the drafter at slots start .. P - 1, which leaves its cache valid below P and gives o_{P-1};
+  2. level 1: the root's children are the top-k (greedy / deterministic) or k samples (stochastic,
+     their distribution q scattered over the LLM's vocabulary through d2t) of logits(o_{P-1});
+     level d = 1 .. m-1: each node of depth d runs as an entry (g = its parent's output, emb = its
+     token's LLM embedding, RoPE position P + d - 1) at slot P + j - 1 (j its local BFS index),
+     seeing the slots < P and its ancestors-or-self only; its output's logits give its children.
+     Leaves are never run.
+  3. update (no model forward): keeps this step's committed pairs for the next catch-up.
+
+Drafter slots P .. P + R - 1 (R = the nodes run, levels 1 .. m-1) are scratch; the cache has S + R
+slots (S = the LLM's) so a tree drafted near the end of the LLM's cache still fits.
+
+The catch-up runs at the start of propose, not in update: update gets no params (the drafter
+interface), and this keeps the state's invariant the SSM drafter's (cache valid below `start`,
+o = o_{start-1}, the pending pairs at start .. start + count - 1 = P - 1), which the prefill sets with
+count 0. The pending pairs cost [B, W, F] floats of state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import model, sampling, skinny
+from specjax import tree as tree_lib
+from specjax.decode_state import causal_mask
+from specjax.drafters import acceptance
+from specjax.drafters.base import Proposal, Topology, expansion_topology, path_scores
+from specjax.feature import model as fm
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSSM:
+    """A loaded feature SSM: params (float32, or packed for the CPU kernel), its config and d2t [V']."""
+
+    params: dict
+    cfg: fm.FeatureConfig
+    d2t: jax.Array
+
+
+def load(directory: str | Path, llm, fingerprint: bool = True) -> FeatureSSM:
+    """The feature SSM saved at `directory`, refused (FeatureSSMError naming the mismatch) unless it
+    was made for this LLM (llm: a LoadedModel). fingerprint: also compare the LLM's config hash with
+    the one it was trained on (off for an LLM loaded onto a mesh, whose config may repeat KV heads)."""
+    from specjax.feature import data
+
+    params, cfg, d2t = fm.load(directory, llm.cfg, data.llm_fingerprint(llm.cfg) if fingerprint else None)
+    return FeatureSSM(params=params, cfg=cfg, d2t=jnp.asarray(d2t, jnp.int32))
+
+
+def pack(fs: FeatureSSM, weight_dtype=None) -> FeatureSSM:
+    """Every weight matmul of the drafter packed for the CPU kernel (specjax.skinny); unchanged when
+    the kernel is unavailable or the params are not on CPU."""
+    if not skinny.available() or not skinny.on_cpu(fs.params) or skinny.is_packed(fs.params):
+        return fs
+    params = skinny.pack_params(fs.params, fs.cfg.layer, weight_dtype)
+    params = dict(params, **{n: skinny.pack(np.asarray(fs.params[n]), weight_dtype) for n in ("fc", "inp", "head")})
+    return dataclasses.replace(fs, params=params)
+
+
+def replicate(fs: FeatureSSM, mesh) -> FeatureSSM:
+    """Every leaf replicated over the mesh (drafters are small)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from specjax import sharding
+
+    put = lambda x: sharding.put(x, NamedSharding(mesh, PartitionSpec()))
+    return dataclasses.replace(fs, params=jax.tree.map(put, fs.params), d2t=put(fs.d2t))
+
+
+def engine_params(fs: FeatureSSM, llm_params) -> dict:
+    """What the loop passes the drafter: its params, d2t and the LLM's embedding table (the engine's
+    own leaf, a PackedWeight when the CPU kernel is on: not a copy)."""
+    return {"ssm": fs.params, "d2t": fs.d2t, "embed": llm_params["embed"]}
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def embed(table, tokens):
+    """The LLM's embedding of tokens [...] -> [..., D] (a LLaMA-family LLM: no position table or
+    projection; a packed tied table is read from its head's columns, as model.embed does)."""
+    if isinstance(table, skinny.PackedWeight):
+        return table.columns(tokens)
+    return jnp.take(table, tokens, axis=0)
+
+
+def select_taps(feats, all_taps: tuple[int, ...], taps: tuple[int, ...], width: int):
+    """feats [..., len(all_taps) * D] (the LLM's residual streams of all_taps, layer order) -> the
+    drafter's own taps [..., len(taps) * D], in layer order (as model.forward_features gives them)."""
+    mine = tuple(sorted(taps))
+    if mine == tuple(all_taps):
+        return feats
+    idx = [all_taps.index(t) for t in mine]
+    return jnp.concatenate([feats[..., i * width:(i + 1) * width] for i in idx], axis=-1)
+
+
+def num_run(expansion: tuple[int, ...]) -> int:
+    """R: tree nodes run through the drafter per step (every level but the last)."""
+    topo = tree_lib.ssm_topology(expansion)
+    return int(topo.level_stop[len(expansion) - 1]) - 1
+
+
+def level_mask(topo, level: int, root_slot, num_slots: int):
+    """[B, w, Sd]: the w nodes of `level` see the committed slots < P and the slots P + i - 1 of their
+    ancestors-or-self i (local BFS index, 1-based)."""
+    start, stop = int(topo.level_start[level]), int(topo.level_stop[level])
+    anc = jnp.asarray(topo.ancestors[start:stop])  # [w, n+1]
+    n1 = anc.shape[1]
+    node = jnp.arange(num_slots)[None, :] - root_slot[:, None] + 1  # [B, Sd]: node index of slot s
+    in_tree = ((node >= 1) & (node < n1))[:, None, :]
+    tree_ok = jnp.moveaxis(anc[:, jnp.clip(node, 0, n1 - 1)], 0, 1)  # [B, w, Sd]
+    return (node <= 0)[:, None, :] | (in_tree & tree_ok)
+
+
+# ----------------------------------------------------------------------------- the drafter interface
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A feature SSM expanding <k_1..k_m> (SpecInfer's expansion over its draft vocabulary).
+    rates: per depth, per rank conditional acceptance (see drafters.acceptance)."""
+
+    model: fm.FeatureConfig
+    expansion: tuple[int, ...] = (3, 1, 1, 1)
+    rates: tuple = ()
+    kind: str = "feature"
+
+    def __post_init__(self):
+        if max(self.expansion) > self.model.draft_vocab:
+            raise ValueError(f"feature expansion {self.expansion} asks for more children than the "
+                             f"{self.model.draft_vocab} tokens of the draft vocabulary")
+
+    @property
+    def name(self) -> str:
+        return "feature"
+
+    @property
+    def topology(self) -> Topology:
+        return expansion_topology(self.expansion)
+
+    @property
+    def sampled(self) -> bool:
+        return True  # under stochastic decoding with sampled children, nodes are draws from q
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        return tuple(sorted(self.model.taps))
+
+
+@flax.struct.dataclass
+class State:
+    """Shapes: B rows, Sd = S + R drafter slots, W = M + 1 pending pairs, F = len(taps) * D."""
+
+    cache: model.KVCache  # the drafter's own cache, [B, K, Sd, A] per layer; valid below `start`
+    o: jax.Array  # [B, D] float32: o_{start-1}, the output of the last entry run (zeros: none)
+    feats: jax.Array  # [B, W, F]: pending pairs' LLM features (positions start + d)
+    next: jax.Array  # [B, W] int32: pending pairs' next tokens
+    count: jax.Array  # [B] int32: pending pairs (0 .. W)
+    start: jax.Array  # [B] int32: position of the first pending pair
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "all_taps"), donate_argnames=("cache",))
+def prefill(params, cache: model.KVCache, feats, tokens, length, cfg: fm.FeatureConfig, all_taps: tuple):
+    """The drafter's entries for every prefilled position i < P = length[b]: pairs (f_i, x_{i+1}).
+
+    feats [B, T, F_all] (the LLM prefill's features at positions 0 .. T-1, T >= max P), tokens [B, S].
+    Returns (cache, o_{P-1} [B, D], zeros where P = 0)."""
+    B, T, _ = feats.shape
+    S, Sd = tokens.shape[1], cache.num_slots
+    t = jnp.broadcast_to(jnp.arange(T), (B, T))
+    real = t < length[:, None]
+    nxt = jnp.take_along_axis(tokens, jnp.minimum(t + 1, S - 1), axis=1)
+    g = fm.fuse(params["ssm"], select_taps(feats, all_taps, cfg.taps, cfg.llm_hidden))
+    o, cache = fm.step(params["ssm"], cfg, g, embed(params["embed"], nxt), t, cache,
+                       jnp.where(real, t, Sd), causal_mask(t, Sd))
+    last = jnp.take_along_axis(o, jnp.maximum(length - 1, 0)[:, None, None], axis=1)[:, 0]
+    return cache, jnp.where((length > 0)[:, None], last, 0.0).astype(jnp.float32)
+
+
+def init_state(ctx, cfg: Config) -> State:
+    """A fresh drafter cache prefilled from the LLM prefill's features (ctx.features)."""
+    from specjax import sharding
+
+    base = ctx.base
+    B, S = base.tokens.shape
+    if ctx.features is None:
+        raise ValueError("the feature drafter needs the LLM prefill's features (InitContext.features)")
+    Sd = S + num_run(cfg.expansion)
+    cache = sharding.new_cache(cfg.model.layer, B, Sd, jnp.float32, ctx.mesh, sharding.SSM_SPLIT)
+    cache, o = ctx.run("feature_prefill", prefill, (ctx.params, cache, ctx.features, base.tokens, base.length),
+                       dict(cfg=cfg.model, all_taps=tuple(ctx.feature_taps)))
+    W = ctx.max_depth + 1
+    F = cfg.model.feature_width
+    return State(cache=cache, o=o, feats=jnp.zeros((B, W, F), ctx.features.dtype), next=jnp.zeros((B, W), jnp.int32),
+                 count=jnp.zeros((B,), jnp.int32), start=jnp.array(base.length, copy=True))
+
+
+def catch_up(params, cfg: Config, state: State, running):
+    """Runs the pending pairs through the drafter (rows not running write nothing and keep o).
+    Returns (cache, o [B, D]): o_{start + count - 1} = o_{P-1}."""
+    fcfg = cfg.model
+    B, W, _ = state.feats.shape
+    Sd = state.cache.num_slots
+    d = jnp.arange(W)[None, :]
+    pos = state.start[:, None] + d  # [B, W]
+    real = (d < state.count[:, None]) & running[:, None]
+    g = fm.fuse(params["ssm"], state.feats)
+    o, cache = fm.step(params["ssm"], fcfg, g, embed(params["embed"], state.next), pos, state.cache,
+                       jnp.where(real, pos, Sd), causal_mask(pos, Sd))
+    last = jnp.take_along_axis(o, jnp.maximum(state.count - 1, 0)[:, None, None], axis=1)[:, 0]
+    return cache, jnp.where((real.any(-1))[:, None], last.astype(jnp.float32), state.o)
+
+
+def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochastic: bool):
+    """The drafter's tree below the root; static path scores (sampled nodes must not be ranked by
+    their own draws). q (stochastic): the draft distribution over the LLM's vocabulary [B, n, V]."""
+    fcfg = cfg.model
+    topo = tree_lib.ssm_topology(cfg.expansion)
+    P = base.length
+    running = ~base.done
+    B, m, n = P.shape[0], len(cfg.expansion), topo.num_candidates
+    V = fcfg.llm_vocab
+    d2t = params["d2t"]
+    cache, o_root = catch_up(params, cfg, state, running)
+    Sd = cache.num_slots
+    out = o_root[:, None, :]  # [B, w, D]: the frontier's outputs
+    tokens = jnp.zeros((B, n), jnp.int32)
+    qs = []
+    for level in range(1, m + 1):
+        k = cfg.expansion[level - 1]
+        start, stop = int(topo.level_start[level]), int(topo.level_stop[level])
+        parent_frontier = jnp.asarray(topo.parents[start:stop] - topo.level_start[level - 1])  # [w']
+        rank = jnp.asarray(topo.children_rank[start:stop])  # [w']
+        lg = fm.logits(params["ssm"], fcfg, out)  # [B, w, V']
+        if stochastic:
+            key, sub = jax.random.split(key)
+            probs = sampling.probs(lg, sampling_cfg)  # [B, w, V']
+            draws = jax.random.categorical(sub, jnp.log(probs)[:, :, None, :], axis=-1,
+                                           shape=(B, probs.shape[1], k))  # [B, w, k]
+            draft = draws[:, parent_frontier, rank]  # [B, w']
+            p = probs[:, parent_frontier]  # [B, w', V']
+            qs.append(jnp.zeros(p.shape[:2] + (V,), jnp.float32).at[:, :, d2t].add(p))
+        else:
+            _, top = jax.lax.top_k(lg, k)  # [B, w, k]
+            draft = top[:, parent_frontier, rank]
+        child = d2t[draft].astype(jnp.int32)  # [B, w'] LLM ids
+        tokens = tokens.at[:, start - 1:stop - 1].set(child)
+        if level == m:
+            break
+        # Run this level so its children can be drawn.
+        positions = jnp.broadcast_to(P[:, None] + (level - 1), child.shape)
+        slots = jnp.where(running[:, None], P[:, None] + jnp.arange(start - 1, stop - 1)[None, :], Sd)
+        out, cache = fm.step(params["ssm"], fcfg, out[:, parent_frontier], embed(params["embed"], child),
+                             positions, cache, slots, level_mask(topo, level, P, Sd))
+    scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind]))
+    prop = Proposal(tokens=tokens, valid=jnp.ones((B, n), bool), score=jnp.broadcast_to(jnp.asarray(scores), (B, n)),
+                    q=jnp.concatenate(qs, axis=1) if stochastic else None)
+    done = ~running  # consumed pending pairs; rows not running keep everything
+    return prop, State(cache=cache, o=o_root, feats=state.feats, next=state.next,
+                       count=jnp.where(done, state.count, 0), start=jnp.where(done, state.start, P))
+
+
+def update(state: State, cfg: Config, step) -> State:
+    """Keeps the step's committed pairs for the next catch-up: (LLM features at accepted node path[d],
+    new_tokens[d]) at positions P + d, d = 0 .. num_accepted (a row that stopped mid-step is done and
+    never drafts again). Rows not running keep their state."""
+    feats = select_taps(step.features, step.taps, cfg.taps, cfg.model.llm_hidden)  # [B, N, F]
+    feats = jnp.take_along_axis(feats, jnp.maximum(step.path, 0)[:, :, None], axis=1)  # [B, W, F]
+    r = step.running
+    keep = lambda new, old: jnp.where(r.reshape(r.shape + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
+    return state.replace(feats=keep(feats, state.feats), next=keep(step.new_tokens, state.next),
+                         count=keep(step.num_accepted + 1, state.count), start=keep(step.root_slot, state.start))
+
+
+def insert_row(state: State, row: State, b, cfg: Config) -> State:
+    """A new request in row b: its freshly prefilled drafter state replaces the old row's."""
+    from specjax.drafters.base import put_row
+
+    return put_row(state, row, b)
+
+
+def shard_state(state: State, cfg: Config, mesh) -> State:
+    from specjax import sharding
+
+    if mesh is None:
+        return state
+    return State(cache=sharding.shard_cache(state.cache, cfg.model.layer, mesh, sharding.SSM_SPLIT),
+                 **{f: sharding.shard_rows(getattr(state, f), mesh) for f in ("o", "feats", "next", "count", "start")})
