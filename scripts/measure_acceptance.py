@@ -2,8 +2,8 @@
 
     python scripts/measure_acceptance.py [--prompts FILE] [--count 8] [--max-new-tokens 96] [--write]
 
-Each drafter alone, at the shape the automatic choice uses (SSMs and recycling 3,1,1,1, lookup a
-chain of 4), greedy, on held-out chat prompts (never Spec-Bench): for every local node j, hits[j] =
+Each drafter alone, at the shape the automatic choice uses (SSMs, recycling and the feature SSM
+3,1,1,1, lookup a chain of 4), greedy, on held-out chat prompts (never Spec-Bench): for every local node j, hits[j] =
 steps in which its sequence was accepted. Written: node_acceptance[name][j] = hits[j] / steps (what
 the automatic choice sums) and rates[name][d-1][r] = conditional acceptance per depth and rank (the
 path scores' calibration). Lookup's rates stay the priors (they are indexed by matched n-gram
@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--write", action="store_true", help="write specjax/drafters/acceptance.json")
+    ap.add_argument("--feature-ssm", default=str(default_model.DEFAULT_SSMS_DIR / "feature"),
+                    help="the feature SSM measured as drafter 'feature' (default: the shipped one; skipped if absent)")
     args = ap.parse_args(argv)
     per_file = [read_texts(f)[args.skip: args.skip + -(-args.count // len(args.prompts))] for f in args.prompts]
     texts = [t for group in zip(*per_file) for t in group][: args.count]
@@ -68,6 +70,10 @@ def main(argv=None) -> int:
     runs = {d.name: Engine(llm, ssms, tree, drafters=(d,)) for d in both.drafters}
     runs["recycle"] = Engine(llm, drafters=("recycle",))
     runs["lookup"] = Engine(llm, drafters=("lookup",))
+    if Path(args.feature_ssm, "feature_config.json").is_file():
+        from specjax.drafters import feature
+
+        runs["feature"] = Engine(llm, drafters=("feature",), feature_ssm=feature.load(args.feature_ssm, llm))
     out = {"llm": "SmolLM2-135M-Instruct (default)", "prompts": f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved",
            "max_new_tokens": args.max_new_tokens, "date": time.strftime("%Y-%m-%d"), "shapes": {},
            "rates": {}, "node_acceptance": {}, "mat": {}}

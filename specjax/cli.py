@@ -398,6 +398,9 @@ def _add_bench(sub):
     p.add_argument("--chain-ssm", type=nonneg_int, default=0, help="the SSM for the chain and as HF assistant")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baselines (no torch needed)")
     p.add_argument("--budget", type=positive_int, default=16, help="node budget of the merged drafters' row (spec-merged-bN)")
+    p.add_argument("--feature-ssm", default=None, metavar="DIR",
+                   help="a feature SSM: its own row (spec-feature, a chain of 5) and one more merged drafter "
+                        "(default: the embedded LLM's shipped one, if installed)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 question per category, 3 categories, 16 new tokens, B=1,2")
     p.add_argument("--out", default="bench_out",
@@ -464,11 +467,22 @@ def cmd_bench(args) -> int:
         from specjax import default_model
 
         ssm_paths = [str(p) for p in default_model.default_ssm_dirs()][: len(gen.ssms)]
-    print(f"bench: {gen.describe()}", file=sys.stderr)
+    fdir = args.feature_ssm
+    if fdir is None and args.llm is None:
+        from specjax import default_model
+
+        shipped = default_model.DEFAULT_SSMS_DIR / "feature"
+        fdir = str(shipped) if (shipped / "feature_config.json").is_file() else None
+    fs = None
+    if fdir is not None:
+        from specjax.drafters import feature
+
+        fs = feature.load(fdir, gen.llm)  # (only its config is read) unpacked params: each engine packs its own
+    print(f"bench: {gen.describe()}" + (f"; feature SSM {fdir}" if fs is not None else ""), file=sys.stderr)
     with stop_on_sigint() as stop:
         try:
             bench(gen.llm, gen.ssms, gen.tree, cfg, args.out, llm_path=args.llm, ssm_paths=ssm_paths,
-                  resume=args.resume, should_stop=stop.is_set)
+                  resume=args.resume, should_stop=stop.is_set, feature_ssm=fs)
         except Interrupted:
             print(f"interrupted: the finished runs are in {Path(args.out) / RECORDS} (--resume continues)",
                   file=sys.stderr)

@@ -108,7 +108,7 @@ def _eos(llm: LoadedModel) -> tuple[int, ...]:
 
 
 def auto_system(llm: LoadedModel, ssms: Sequence[LoadedModel], inc: Engine, sampling: SamplingConfig,
-                eos: tuple[int, ...]) -> SpecjaxSystem:
+                eos: tuple[int, ...], feature_ssm=None) -> SpecjaxSystem:
     """What `specjax generate` with no tree or budget runs (the automatic choice for this machine, from
     the cached or freshly measured costs): a merged-drafter engine at the chosen budget, watched for
     falling back to incremental decoding (specjax.fallback), or `inc`."""
@@ -116,7 +116,8 @@ def auto_system(llm: LoadedModel, ssms: Sequence[LoadedModel], inc: Engine, samp
     from specjax.drafters.setup import AUTO_SSM_EXPANSION
 
     tree = TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms))
-    probe = Engine(llm, ssms, tree, drafters=("ssm", "recycle", "lookup"))
+    kinds = ("ssm", "recycle", "lookup") + (("feature",) if feature_ssm is not None else ())
+    probe = Engine(llm, ssms, tree, drafters=kinds, feature_ssm=feature_ssm)
     costs, _ = autotune.load_or_measure(probe)
     choice = autotune.choose(costs, probe.drafters)
     print(f"bench: spec-auto runs {choice.reason}", file=sys.stderr)
@@ -125,14 +126,19 @@ def auto_system(llm: LoadedModel, ssms: Sequence[LoadedModel], inc: Engine, samp
     from specjax.fallback import FallbackConfig
 
     names = tuple(d for d in probe.drafters if d.name in choice.drafters)
-    engine = Engine(llm, ssms, tree, drafters=names, budget=choice.budget)
+    engine = Engine(llm, ssms, tree, drafters=names, budget=choice.budget,
+                    feature_ssm=feature_ssm if "feature" in choice.drafters else None)
     engine.fallback = FallbackConfig.from_costs(costs)  # as Generator.load sets it
     return SpecjaxSystem("spec-auto", engine, True, sampling, eos)
 
 
+FEATURE_CHAIN = (1, 1, 1, 1, 1)  # the feature SSM's own row: a chain of 5
+
+
 def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: BenchConfig,
-                  hf: HFWorker | None) -> tuple[dict, dict]:
-    """-> (systems by name, baselines: system -> the system its speedup is against)."""
+                  hf: HFWorker | None, feature_ssm=None) -> tuple[dict, dict]:
+    """-> (systems by name, baselines: system -> the system its speedup is against). feature_ssm (a
+    loaded drafters.feature.FeatureSSM): adds its own row (a chain of 5) and joins the merged drafters."""
     if not ssms:
         raise BenchError("the benchmark needs at least one SSM (--ssm DIR; the default LLM ships its own)")
     if not 0 <= cfg.chain_ssm < len(ssms):
@@ -153,10 +159,19 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
             systems[f"spec-{kind}"] = SpecjaxSystem(f"spec-{kind}", Engine(llm, drafters=(kind,)), True, greedy, eos)
         from specjax.drafters.setup import AUTO_SSM_EXPANSION
 
+        kinds = ("ssm", "recycle", "lookup")
+        if feature_ssm is not None:
+            from specjax.drafters import acceptance, feature
+
+            fcfg = feature.Config(model=feature_ssm.cfg, expansion=FEATURE_CHAIN,
+                                  rates=acceptance.rates("feature", "feature"))
+            systems["spec-feature"] = SpecjaxSystem("spec-feature", Engine(llm, drafters=(fcfg,), feature_ssm=feature_ssm),
+                                                    True, greedy, eos)
+            kinds += ("feature",)
         merged = Engine(llm, ssms, TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms)),
-                        drafters=("ssm", "recycle", "lookup"), budget=cfg.budget)
+                        drafters=kinds, budget=cfg.budget, feature_ssm=feature_ssm)
         systems[f"spec-merged-b{cfg.budget}"] = SpecjaxSystem(f"spec-merged-b{cfg.budget}", merged, True, greedy, eos)
-        systems["spec-auto"] = auto_system(llm, ssms, inc, greedy, eos)
+        systems["spec-auto"] = auto_system(llm, ssms, inc, greedy, eos, feature_ssm)
     if hf is not None:
         systems["hf-generate"] = HFSystem("hf-generate", hf, False, eos)
         systems["hf-assisted"] = HFSystem("hf-assisted", hf, True, eos)
@@ -285,7 +300,7 @@ def identical_outputs(records: list[dict], a: str, b: str) -> tuple[int, int]:
 
 def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: BenchConfig, out: str | Path,
           llm_path: str | None = None, ssm_paths: Sequence[str] = (), progress: bool = True,
-          log=None, resume: bool = False, should_stop=None) -> dict:
+          log=None, resume: bool = False, should_stop=None, feature_ssm=None) -> dict:
     """Runs the whole benchmark and writes OUT/specbench.{json,md,png} (the plot when matplotlib is
     installed); returns the JSON dict. Each finished run is appended to OUT/records.jsonl at once;
     resume continues a killed run from it; should_stop() is polled between runs (True raises
@@ -316,7 +331,7 @@ def bench(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfig, cfg: 
                 if not ssm_paths:
                     raise BenchError("the transformers baselines need the SSMs' paths (to export the assistant)")
                 hf = HFWorker(llm_path, ssm_paths[cfg.chain_ssm], export_dir)
-            systems, baselines = build_systems(llm, ssms, tree, cfg, hf)
+            systems, baselines = build_systems(llm, ssms, tree, cfg, hf, feature_ssm)
             log(f"spec-bench: {len(questions)} questions, {len(set(q['category'] for q in questions))} categories, "
                 f"systems {', '.join(systems)}")
             t0 = time.perf_counter()
