@@ -278,3 +278,22 @@ def test_the_feature_test_can_fail(monkeypatch):
     finally:
         jax.clear_caches()
     assert chi_square_p(counts, exact_two_token_distribution(llm, s)) < 1e-6
+
+
+def test_bench_rows_include_the_feature_ssm(llm, random_fs, monkeypatch):
+    """specjax bench with a feature SSM: its own row (a chain of 5), and one more drafter in the merged
+    and automatic rows (costs injected: measuring them is autotune's own test)."""
+    from specjax import autotune
+    from specjax.bench.run import FEATURE_CHAIN, BenchConfig, build_systems
+    from specjax.tree import TreeConfig
+
+    costs = {"verify": {1: 1.0, 2: 1.01, 4: 1.02, 8: 1.05, 16: 1.2, 32: 1.6},
+             "drafters": {"ssm0": 0.5, "recycle": 0.01, "lookup": 0.001, "feature": 0.05}}
+    monkeypatch.setattr(autotune, "load_or_measure", lambda engine, log=None: (costs, False))
+    cfg = BenchConfig(questions="unused", hf=False, budget=8)
+    systems, baselines = build_systems(llm, [llm], TreeConfig(expansion=(2, 1), num_ssms=1), cfg, None, random_fs)
+    [fd] = systems["spec-feature"].engine.drafters
+    assert fd.kind == "feature" and fd.expansion == FEATURE_CHAIN
+    assert [d.kind for d in systems["spec-merged-b8"].engine.drafters] == ["ssm", "recycle", "lookup", "feature"]
+    assert "spec-merged-b8@T0.7" in systems and baselines["spec-feature"] == "incremental"
+    assert "feature" in [d.kind for d in systems["spec-auto"].engine.drafters]  # cheap and accurate: chosen
