@@ -232,7 +232,8 @@ def save(directory: str | Path, params: dict, cfg: FeatureConfig, d2t: np.ndarra
     flat["d2t"] = d2t
     save_file(flat, str(directory / WEIGHTS_FILE))
     (directory / CONFIG_FILE).write_text(cfg.to_json())
-    checkpoint.make_readable(directory)  # safetensors writes 0600: a shipped file must be readable by all
+    for path in (directory, directory / WEIGHTS_FILE, directory / CONFIG_FILE):
+        checkpoint.make_readable(path)  # safetensors writes 0600: a shipped file must be readable by all
     return directory
 
 
