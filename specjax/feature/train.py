@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from specjax import checkpoint, model
-from specjax.config import ModelConfig
 from specjax.feature import model as fm
 from specjax.feature.data import FeatureData
 
-STATE_FILE = "train_state.npz"
-META_FILE = "train_meta.json"
+from specjax.boost.train import META_FILE, STATE_FILE, TrainState, batch_rows, load_state, save_state  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +47,6 @@ class TrainConfig:
     clip_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
-
-
-@flax.struct.dataclass
-class TrainState:
-    params: dict
-    opt_state: object
-    step: jax.Array
 
 
 def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
@@ -93,16 +80,6 @@ def t2d(d2t: np.ndarray, vocab: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- batches
-
-
-def batch_rows(num_rows: int, step: int, batch_size: int, seed: int) -> np.ndarray:
-    """Rows of batch `step` in the seed's stream of per-epoch permutations (pure in (seed, step))."""
-    start, out = step * batch_size, []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), num_rows)
-        perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
-        out += perm[offset: offset + batch_size - len(out)].tolist()
-    return np.asarray(out)
 
 
 def make_batch(data: FeatureData, rows: np.ndarray, tcfg: TrainConfig, t2d_map: np.ndarray) -> dict:
@@ -212,35 +189,7 @@ def evaluate(params, cfg: FeatureConfig, embed_table, data: FeatureData, d2t: np
     return {k: v / max(sums[f"weight{k[-1]}"], 1e-9) for k, v in sums.items() if not k.startswith("weight")}
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_state(directory: Path, state: TrainState, tcfg: TrainConfig) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    state = jax.device_get(state)
-    arrays = {f"p.{k}": np.asarray(v) for k, v in checkpoint.flatten(state.params).items()}
-    arrays.update({f"o.{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.opt_state))})
-    tmp = directory / (".tmp-" + STATE_FILE)
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, directory / STATE_FILE)
-    meta = {"step": int(state.step), "train_config": dataclasses.asdict(tcfg)}
-    (directory / (".tmp-" + META_FILE)).write_text(json.dumps(meta, indent=1))
-    os.replace(directory / (".tmp-" + META_FILE), directory / META_FILE)
-
-
-def load_state(directory: Path, template: TrainState, tcfg: TrainConfig) -> TrainState:
-    meta = json.loads((directory / META_FILE).read_text())
-    if meta["train_config"] != dataclasses.asdict(tcfg):
-        raise ValueError(f"{directory}: the saved training state is of another train config "
-                         f"({meta['train_config']} vs {dataclasses.asdict(tcfg)})")
-    with np.load(directory / STATE_FILE) as f:
-        flat = {k[2:]: f[k] for k in f.files if k.startswith("p.")}
-        opt = [f[f"o.{i}"] for i in range(len(jax.tree.leaves(template.opt_state)))]
-    shapes = jax.tree.map(lambda x: x.shape, template.params)
-    params = jax.tree.map(jnp.asarray, checkpoint.unflatten(flat, shapes))
-    opt_state = jax.tree.unflatten(jax.tree.structure(template.opt_state), [jnp.asarray(x) for x in opt])
-    return TrainState(params, opt_state, jnp.int32(meta["step"]))
+# ----------------------------------------------------------------------------- the loop
 
 
 def train(params, cfg: FeatureConfig, embed_table, data: FeatureData, d2t: np.ndarray, tcfg: TrainConfig,
