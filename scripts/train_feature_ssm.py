@@ -208,7 +208,14 @@ def main(argv=None) -> int:
     s = sub.add_parser("ship")
     s.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    return {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "ship": cmd_ship}[args.cmd](args)
+    from specjax.feature.data import FeatureDataError
+    from specjax.feature.model import FeatureSSMError
+
+    try:
+        return {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "ship": cmd_ship}[args.cmd](args)
+    except (FeatureDataError, FeatureSSMError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
