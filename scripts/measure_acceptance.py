@@ -8,6 +8,12 @@ steps in which its sequence was accepted. Written: node_acceptance[name][j] = hi
 the automatic choice sums) and rates[name][d-1][r] = conditional acceptance per depth and rank (the
 path scores' calibration). Lookup's rates stay the priors (they are indexed by matched n-gram
 length, which this does not split); its node_acceptance is measured.
+
+With --merged it measures merged mixes instead (with --write, adding them to the file and keeping the
+rest): greedy MAT of every subset of two or more of --merged-drafters (default feature,recycle,lookup)
+at every budget of the automatic choice up to the subset's node count, on the same prompts. Drafters
+that merge propose the same easy tokens, so a mix accepts less than the sum of its members' node
+acceptances: the automatic choice uses these measured MATs where it has them (specjax.autotune).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="write specjax/drafters/acceptance.json")
     ap.add_argument("--feature-ssm", default=str(default_model.DEFAULT_SSMS_DIR / "feature"),
                     help="the feature SSM measured as drafter 'feature' (default: the shipped one; skipped if absent)")
+    ap.add_argument("--merged", action="store_true", help="measure merged mixes (see above) instead of each drafter alone")
+    ap.add_argument("--merged-drafters", default="feature,recycle,lookup")
     args = ap.parse_args(argv)
     per_file = [read_texts(f)[args.skip: args.skip + -(-args.count // len(args.prompts))] for f in args.prompts]
     texts = [t for group in zip(*per_file) for t in group][: args.count]
@@ -67,6 +75,8 @@ def main(argv=None) -> int:
     eos = gen.eos_ids()
     tree = TreeConfig(expansion=AUTO_SSM_EXPANSION, num_ssms=len(ssms))
     both = Engine(llm, ssms, tree, drafters=("ssm",))
+    if args.merged:
+        return measure_merged(args, llm, ssms, tree, prompts, eos)
     runs = {d.name: Engine(llm, ssms, tree, drafters=(d,)) for d in both.drafters}
     runs["recycle"] = Engine(llm, drafters=("recycle",))
     runs["lookup"] = Engine(llm, drafters=("lookup",))
@@ -100,6 +110,49 @@ def main(argv=None) -> int:
         print(f"wrote {acceptance.SHIPPED}")
     else:
         print(text)
+    return 0
+
+
+def measure_merged(args, llm, ssms, tree, prompts, eos) -> int:
+    import itertools
+
+    from specjax import autotune
+    from specjax.drafters import feature
+
+    fs = feature.load(args.feature_ssm, llm) if Path(args.feature_ssm, "feature_config.json").is_file() else None
+    names = tuple(args.merged_drafters.split(","))
+    kinds = (["ssm"] if ssms else []) + (["feature"] if fs is not None else []) + ["recycle", "lookup"]
+    every = Engine(llm, ssms, tree, drafters=tuple(kinds), feature_ssm=fs).drafters
+    missing = sorted(set(names) - {d.name for d in every})
+    if missing:
+        raise SystemExit(f"--merged-drafters: no drafter {missing} here (have {[d.name for d in every]})")
+    merged = {}
+    for r in range(2, len(names) + 1):
+        for subset in itertools.combinations([d for d in every if d.name in names], r):
+            key = "+".join(d.name for d in subset)
+            pool = sum(d.topology.num_nodes for d in subset)
+            merged[key] = {}
+            for n in autotune.BUDGETS:
+                if n > pool:
+                    break
+                engine = Engine(llm, ssms, tree, drafters=subset, budget=n, feature_ssm=fs)
+                steps = tokens = 0
+                for i in range(0, len(prompts), args.batch_size):
+                    res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens, SamplingConfig(),
+                                               eos_ids=eos)
+                    steps += sum(r.llm_steps for r in res)
+                    tokens += sum(len(r.token_ids) for r in res)
+                merged[key][str(n)] = round(tokens / max(steps, 1), 3)
+                print(key, "budget", n, "MAT", merged[key][str(n)], flush=True)
+    out = json.loads(acceptance.SHIPPED.read_text()) if acceptance.SHIPPED.is_file() else {}
+    out["merged"] = merged
+    out["merged_prompts"] = (f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved, "
+                             f"greedy, {args.max_new_tokens} new tokens")
+    if args.write:
+        acceptance.SHIPPED.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {acceptance.SHIPPED}")
+    else:
+        print(json.dumps(merged, indent=1))
     return 0
 
 

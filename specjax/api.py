@@ -219,9 +219,9 @@ class Generator:
         specjax.interrupt.Interrupted).
 
         batching: "continuous" (default on one device): batch_size rows, each taking the next prompt
-        as soon as its request finishes (specjax.batching; sampling draws from one key seeded with
-        `seed`); "static" (default with a mesh): batches of batch_size prompts, each decoded until its
-        last row stops, batch i seeded with seed + i."""
+        as soon as its request finishes (specjax.batching); "static" (default with a mesh): batches of batch_size prompts, each decoded until its
+        last row stops. Sampled, request i draws from its own key (seed, i) either way: the same
+        output however it is batched."""
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
         batching = batching or ("static" if self.engine.mesh is not None else "continuous")
@@ -240,7 +240,8 @@ class Generator:
             batch = [list(p) for p in prompts[i:i + batch_size]]
             hook = None if on_result is None else (lambda b, r, i=i: on_result(i + b, r))
             gen = self.engine.generate_spec if self.mode == "spec" else self.engine.generate_incremental
-            out += gen(batch, max_new_tokens, sampling, seed + i, eos, on_finish=hook, should_stop=should_stop)
+            out += gen(batch, max_new_tokens, sampling, seed, eos, on_finish=hook, should_stop=should_stop,
+                       first_index=i)
         return out
 
     def eos_ids(self) -> tuple[int, ...]:
@@ -267,7 +268,7 @@ class Generator:
         b = batching.Batcher(self.engine, spec, 1, S, self.eos_ids(), sampling, seed)
         pending: list[list[int]] = []
         done: list[GenerationResult] = []
-        b.waiting.append(batching.Request(prompt=ids, max_new_tokens=max_new_tokens, sampling=sampling,
+        b.waiting.append(batching.Request(prompt=ids, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
                                           on_tokens=pending.append, on_done=done.append))
         delta = TextDelta(self.llm.tokenizer) if text else None
         while b.step():

@@ -4,15 +4,22 @@
 
 Costs, in seconds, measured with the engine's own params and model.forward (so a faster matmul
 kernel is measured when it lands): verify(N), one LLM forward + LM head over N tree tokens
-(N = 1 is an incremental step), for N in VERIFY_SIZES; and each drafter's own cost per step (an
-SSM's catch-up and levels; a feature SSM's catch-up and levels, its propose timed whole; the
-recycling update's top-k over the verified nodes' logits; lookup's matching). The LLM is timed whole (one compile per size; a few seconds for small models).
+(N = 1 is an incremental step), for N in VERIFY_SIZES; each drafter's own cost per step (an SSM's
+catch-up and levels; a feature SSM's catch-up and levels, its propose timed whole; the recycling
+update's top-k over the verified nodes' logits; lookup's matching); and "incremental", a step of the
+real incremental loop (the forward plus the loop's own work: sampling, bookkeeping, the while loop),
+which is the baseline and whose excess over verify(1) is charged to speculative steps too. The LLM is
+timed whole (one compile per size; a few seconds for small models).
 
 Acceptance: node_acceptance[name][j] = P(drafter's local node j is accepted), per step, from
-drafters/acceptance.json. The expected tokens per step with budget N are 1 + the sum of the N largest
-node acceptances over the chosen drafters (each accepted token is one node; overlap between drafters
-is ignored, which flatters merges a little). The choice maximises expected tokens / step seconds;
-if no choice beats plain decoding by MARGIN, decoding is incremental.
+drafters/acceptance.json. One drafter with budget N expects 1 + the sum of its N largest node
+acceptances (its nodes are distinct sequences: each accepted token is one node). Merged drafters
+propose the same easy tokens (a sum counts them twice) and the budget picks each step's best nodes by
+live scores (a sum of averages misses that): a mix uses its measured
+MAT at that budget where acceptance.json has it (scripts/measure_acceptance.py --merged), else the
+sum times the overlap factor measured on the shipped mixes. The choice maximises expected tokens /
+step seconds; if no choice beats plain decoding by MARGIN, decoding is incremental (and a request
+whose speculation runs slower than incremental falls back while it runs: specjax.fallback).
 
 The cache: <user cache>/autotune/costs-<key>.json, key = processor (or accelerator) model, jax
 version, the matmul path (CPU kernel or XLA's dot), specjax's own code (a faster step in a new
@@ -36,7 +43,7 @@ import numpy as np
 VERIFY_SIZES = (1, 2, 4, 8, 16, 32)
 BUDGETS = (1, 2, 4, 8, 16, 32)
 MARGIN = 1.03  # a choice must beat incremental decoding by 3% (measurement noise)
-FORMAT = 1
+FORMAT = 2  # 2: the real incremental loop's step is measured ("incremental")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +114,9 @@ def _valid_costs(d, key: dict, drafter_names) -> bool:
         if sorted(int(n) for n in v) != list(VERIFY_SIZES):
             return False
         vals = [float(x) for x in v.values()] + [float(d["drafters"][n]) for n in drafter_names]
-        return all(np.isfinite(x) and x >= 0 for x in vals) and min(float(x) for x in v.values()) > 0
+        inc = float(d["incremental"])
+        return (all(np.isfinite(x) and x >= 0 for x in vals + [inc]) and min(float(x) for x in v.values()) > 0
+                and inc > 0)
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
 
@@ -125,7 +134,8 @@ def load_or_measure(engine, log=None) -> tuple[dict, bool]:
             d = None
         if d is not None and _valid_costs(d, key, names):
             return {"verify": {int(n): float(s) for n, s in d["verify"].items()},
-                    "drafters": {n: float(d["drafters"][n]) for n in names}}, False
+                    "drafters": {n: float(d["drafters"][n]) for n in names},
+                    "incremental": float(d["incremental"])}, False
         if log:
             log(f"autotune: {path} is corrupt or stale: measuring again")
     costs = measure(engine)
@@ -228,10 +238,38 @@ def _time(f, args, repeats: int) -> float:
     return float(np.median(ts))
 
 
+def measure_incremental(engine, prompt_len: int = 100, repeats: int = 3) -> float:
+    """Seconds per step of the engine's real incremental loop (B = 1, greedy): the forward that
+    verify(1) times plus the loop's own work (sampling, bookkeeping, the while loop). Calls of 8 and
+    40 steps run back to back on one state; the difference over 32 steps leaves out the per-call
+    cost. Median of `repeats` (one extra compile of the loop, once per machine)."""
+    import jax
+
+    from specjax.engine import _STEPS
+    from specjax.incremental import STEP_ROOM, incremental_loop
+    from specjax.sampling import SamplingConfig
+
+    cfg = engine.llm.cfg
+    prompt = [int(t) for t in np.arange(prompt_len) % max(cfg.vocab_size - 1, 1) + 1]
+    static = dict(cfg=cfg, sampling_cfg=SamplingConfig(), eos_ids=())
+    out = []
+    for _ in range(repeats):
+        state, _ = engine.init_state([prompt], 64, 0, STEP_ROOM, 64)
+        exe = engine._executable("incremental", incremental_loop, (engine.llm.params, state, _STEPS), static)
+        state = jax.block_until_ready(exe(engine.llm.params, state, np.int32(4)))  # warm
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(exe(engine.llm.params, state, np.int32(8)))
+        t1 = time.perf_counter()
+        jax.block_until_ready(exe(engine.llm.params, state, np.int32(40)))
+        t2 = time.perf_counter()
+        out.append(((t2 - t1) - (t1 - t0)) / 32)
+    return max(float(np.median(out)), 1e-9)
+
+
 def measure(engine) -> dict:
     verify = measure_verify(engine.llm)
     drafters = {d.name: measure_drafter(engine, d, 16) for d in engine.drafters}
-    return {"verify": verify, "drafters": drafters}
+    return {"verify": verify, "drafters": drafters, "incremental": measure_incremental(engine)}
 
 
 # ----------------------------------------------------------------------------- the choice
@@ -257,11 +295,35 @@ def _interp(table: dict[int, float], n: int) -> float:
     return ys[-1] + slope * (n - xs[-1])
 
 
+def expected_tokens(subset: tuple, n: int, pool: np.ndarray, overlap: float) -> tuple[float, str]:
+    """Expected tokens per step of drafters `subset` merged at budget n, and where it comes from: a
+    single drafter's n best node acceptances summed (its nodes are distinct sequences); a mix's
+    measured MAT where shipped at that budget; else the members' summed node acceptances times the
+    overlap factor measured on the shipped mixes (merged drafters propose the same easy tokens)."""
+    from specjax.drafters import acceptance
+
+    s = float(pool[:n].sum())
+    if len(subset) == 1:
+        return 1.0 + s, "measured alone"
+    measured = acceptance.merged_mat(tuple(d.name for d in subset))
+    if measured is not None and n in measured:
+        return measured[n], "measured mix"
+    return 1.0 + overlap * s, f"estimated: summed x{overlap:.2f} overlap"
+
+
 def choose(costs: dict, drafters: tuple, budgets=BUDGETS, allow_incremental: bool = True) -> Choice:
     """The best mix of drafters (a non-empty subset, in the given order) and budget, or incremental
-    (unless allow_incremental is False: --mode spec then gets the best tree even if it is slower)."""
-    base = costs["verify"][1]
+    (unless allow_incremental is False: --mode spec then gets the best tree even if it is slower).
+
+    A step's cost is verify(N + 1) + the drafters' own + the loop's own work beside the forward
+    (costs["incremental"] - verify(1): the incremental loop's, a lower bound on the speculative
+    loop's); an incremental step is costs["incremental"] (verify(1) when not measured)."""
+    from specjax.drafters import acceptance
+
+    inc = float(costs.get("incremental", costs["verify"][1]))
+    loop = max(inc - costs["verify"][1], 0.0)
     acc = {d.name: node_acceptance(d) for d in drafters}
+    overlap = acceptance.overlap_factor()
     best = None
     for r in range(1, len(drafters) + 1):
         for subset in itertools.combinations(drafters, r):
@@ -270,18 +332,18 @@ def choose(costs: dict, drafters: tuple, budgets=BUDGETS, allow_incremental: boo
             for n in budgets:
                 if n > len(pool):
                     continue
-                e = 1.0 + float(pool[:n].sum())
-                t = draft_s + _interp(costs["verify"], n + 1)
-                speedup = e / t * base
+                e, source = expected_tokens(subset, n, pool, overlap)
+                t = draft_s + _interp(costs["verify"], n + 1) + loop
+                speedup = e / t * inc
                 if best is None or speedup > best[0]:
-                    best = (speedup, tuple(d.name for d in subset), n, e, t)
+                    best = (speedup, tuple(d.name for d in subset), n, e, t, source)
     if best is None or (allow_incremental and best[0] < MARGIN):
         s = best[0] if best else 0.0
         return Choice((), None, 1.0, 1.0,
-                      f"incremental: verifying 2 tokens costs {costs['verify'][2] / base:.2f}x one on this machine, "
-                      f"the best tree would reach {s:.2f}x")
-    speedup, names, n, e, t = best
+                      f"incremental: verifying 2 tokens costs {costs['verify'][2] / costs['verify'][1]:.2f}x one on "
+                      f"this machine, the best tree would reach {s:.2f}x")
+    speedup, names, n, e, t, source = best
     return Choice(names, n, e, speedup,
-                  f"{'+'.join(names)} budget {n}: {e:.2f} expected tokens per step at "
-                  f"{t / base:.2f}x a token's cost (verify {n + 1} = {costs['verify'][2] / base:.2f}x at 2, "
-                  f"{_interp(costs['verify'], n + 1) / base:.2f}x at {n + 1}) -> est. {speedup:.2f}x incremental")
+                  f"{'+'.join(names)} budget {n}: {e:.2f} expected tokens per step ({source}) at "
+                  f"{t / inc:.2f}x an incremental step's cost (verify {n + 1} = "
+                  f"{_interp(costs['verify'], n + 1) / costs['verify'][1]:.2f}x one token) -> est. {speedup:.2f}x incremental")

@@ -12,8 +12,10 @@ and the per-row counters (DecodeState), and every drafter's per-row state (draft
 SSM's cache; the lookup drafter reads the token buffer; the recycling table is shared and stays).
 
 Greedy output of a request does not depend on its neighbours (each row attends to its own slots
-only), so it is the same as when the request runs alone. Sampling draws from one PRNG key for the
-whole batch: a request's draws depend on when it ran (Batcher.reseed seeds an idle batch).
+only), so it is the same as when the request runs alone. Sampling too: every row draws from its own
+PRNG key, which a request brings (from Request.seed and Request.index: `generate`'s seed and the
+prompt's position), so a sampled request's output depends on its seed alone, not on its row or
+neighbours, and equals the static batches' (Engine.generate_*, same seed and index).
 
 The batch's sampling config is static in the loop: requests with another config wait until the batch
 drains (first come, first served), then the batch switches (one compile per config, cached).
@@ -42,6 +44,7 @@ from specjax.engine import Engine, EngineError, GenerationResult
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
 from specjax.incremental import incremental_step
 from specjax.interrupt import Interrupted
+from specjax import sampling as sampling_lib
 from specjax.sampling import SamplingConfig
 from specjax.speculative import SpecConfig, SpecState, spec_step
 
@@ -79,9 +82,9 @@ def spec_until_finish(llm_params, drafter_params, state: SpecState, max_steps, c
 
 
 def _put_decode_row(batch: DecodeState, row: DecodeState, b) -> DecodeState:
-    """Row b of every per-row field from the one-row state (the batch's PRNG key stays)."""
+    """Row b of every per-row field (its PRNG key included) from the one-row state."""
     fields = {f: getattr(batch, f) for f in ("cache", "tokens", "length", "prompt_len", "max_new", "num_new",
-                                              "finish", "steps", "emitted")}
+                                              "finish", "steps", "emitted", "key")}
     rows = {f: getattr(row, f) for f in fields}
     return batch.replace(**put_row(fields, rows, b))
 
@@ -119,7 +122,8 @@ class Request:
     prompt: list[int]
     max_new_tokens: int
     sampling: SamplingConfig = SamplingConfig()
-    seed: int | None = None
+    seed: int | None = None  # its sampling key is sampling.request_key(seed, index); None: a random seed
+    index: int = 0
     on_tokens: Callable[[list[int]], None] | None = None
     on_done: Callable[[GenerationResult], None] | None = None
     tag: Any = None
@@ -190,16 +194,19 @@ class Batcher:
         return prompt_tokens - 1 + max_new_tokens + self.room <= self.num_slots
 
     def _row_state(self, req: Request):
+        if req.seed is None:
+            req.seed = int(np.random.default_rng().integers(2 ** 31))
+        keys = sampling_lib.request_key(req.seed, req.index)[None]
         if not self.speculative:
             row, _ = self.engine.init_state([req.prompt], req.max_new_tokens, 0, self.room, self.record,
-                                            num_slots=self.num_slots)
+                                            num_slots=self.num_slots, keys=keys)
             return row
         for d, s in zip(self.cfg.drafters, self.state.drafters):  # shared state the new row starts from
             if d.kind == "recycle":
                 self.engine.persistent["recycle_table"] = s.table
         row, _ = self.engine.init_spec_state([req.prompt], req.max_new_tokens, self.sampling, 0, self.eos,
                                              self.sampled_children, num_slots=self.num_slots,
-                                             record_steps=self.record)
+                                             record_steps=self.record, keys=keys)
         return row
 
     def _fill(self, b: int, req: Request) -> None:
@@ -218,10 +225,6 @@ class Batcher:
         base = self._base()
         exe = self.engine._executable("release", release_row, (base, _ROW), {})
         base = exe(base, jnp.int32(b))
-        self.state = self.state.replace(base=base) if self.speculative else base
-
-    def reseed(self, seed: int) -> None:
-        base = self._base().replace(key=jax.random.PRNGKey(seed))
         self.state = self.state.replace(base=base) if self.speculative else base
 
     # -- the queue -------------------------------------------------------------------------
@@ -253,8 +256,6 @@ class Batcher:
                     self.sampling = head.sampling
                     if self.speculative:
                         self.cfg = dataclasses.replace(self.cfg, sampling=head.sampling)
-                if head.seed is not None:
-                    self.reseed(head.seed)
             todo = []
             free = [b for b in range(self.rows) if b not in self.active]
             while free and self.waiting and self.waiting[0].sampling == self.sampling:
@@ -378,9 +379,10 @@ def generate(engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: i
              speculative: bool, rows: int, sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
              eos_ids: tuple[int, ...] | None = None, on_finish: Callable[[int, GenerationResult], None] | None = None,
              should_stop: Callable[[], bool] | None = None, steps_per_call: int | None = None,
-             num_slots: int | None = None) -> list[GenerationResult]:
+             num_slots: int | None = None, first_index: int = 0) -> list[GenerationResult]:
     """Prompts (token ids) decoded with continuous batching in `rows` rows; results in input order.
-    max_new_tokens: one for all or one per prompt. on_finish(i, result) as request i finishes."""
+    max_new_tokens: one for all or one per prompt. on_finish(i, result) as request i finishes.
+    Sampling: prompt i draws from sampling.request_key(seed, first_index + i)."""
     from specjax.engine import check_prompts
 
     prompts = check_prompts(prompts, engine.llm.cfg.vocab_size)
@@ -402,7 +404,8 @@ def generate(engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: i
 
     for i, (p, n) in enumerate(zip(prompts, limits)):
         # S may be below a request's full need at the model's context limit: it stops with "length"
-        batcher.waiting.append(Request(prompt=p, max_new_tokens=n, sampling=sampling, on_done=done(i)))
+        batcher.waiting.append(Request(prompt=p, max_new_tokens=n, sampling=sampling, seed=seed,
+                                       index=first_index + i, on_done=done(i)))
     batcher.run(should_stop)
     engine.last_batcher = batcher
     return [out[i] for i in range(len(prompts))]

@@ -48,7 +48,7 @@ def _add_generate(sub):
                    help="sampling only: keep the most likely tokens up to this probability mass (default: 1, off)")
     p.add_argument("--top-k", type=nonneg_int, default=None,
                    help="sampling only: keep the k most likely tokens (default: 0, off)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed of sampling (batch i uses seed + i)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed of sampling (prompt i draws from its own key: (seed, i))")
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together (rows of the batch)")
     p.add_argument("--batching", choices=["continuous", "static"], default=None,
                    help="continuous: a row takes the next prompt as soon as its request finishes (default on "

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import model, sharding, skinny
+from specjax import sampling as sampling_lib
 from specjax.chunked import run_chunked
 from specjax.config import ModelConfig
 from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill, step_room
@@ -273,11 +274,13 @@ class Engine:
 
     def init_state(self, prompts: list[list[int]], max_new_tokens: int, seed: int, room: int,
                    record_steps: int, successors: int = 0, num_slots: int | None = None,
-                   taps: tuple[int, ...] = ()) -> tuple[DecodeState, int]:
+                   taps: tuple[int, ...] = (), keys=None, first_index: int = 0) -> tuple[DecodeState, int]:
         """Pads prompts into [B, S] and runs the LLM prefill. Returns (state, prompt bucket); with
         successors = k > 0, self.prefill_successors holds the LLM's top-k at every prefilled position,
         with taps, self.prefill_features its features there (the residual streams after those layers).
-        num_slots: S as given (a row for continuous batching's fixed cache); None: sized from the prompts."""
+        num_slots: S as given (a row for continuous batching's fixed cache); None: sized from the prompts.
+        keys: the rows' PRNG keys [B, 2]; None: row b is request first_index + b of a call seeded with
+        `seed` (sampling.request_key), so a request draws the same however it is batched."""
         cfg = self.llm.cfg
         n = len(prompts)
         B = sharding.padded_batch(n, self.mesh)  # a multiple of dp: rows n.. are finished dummies
@@ -305,7 +308,8 @@ class Engine:
             cache=cache, tokens=tokens, length=prompt_len - 1, prompt_len=prompt_len,
             max_new=jnp.asarray(max_new), num_new=zeros(),
             finish=jnp.asarray(np.where(max_new > 0, RUNNING, MAX_NEW_TOKENS).astype(np.int32)),
-            steps=zeros(), emitted=jnp.zeros((B, record_steps), jnp.int32), key=jax.random.PRNGKey(seed),
+            steps=zeros(), emitted=jnp.zeros((B, record_steps), jnp.int32),
+            key=sampling_lib.request_keys(seed, first_index, B) if keys is None else jnp.asarray(keys),
         )
         return sharding.shard_decode_state(state, cfg, self.mesh), bucket
 
@@ -346,16 +350,18 @@ class Engine:
                              sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
                              eos_ids: tuple[int, ...] | None = None, on_finish: OnFinish | None = None,
                              should_stop: Callable[[], bool] | None = None,
-                             steps_per_call: int | None = None) -> list[GenerationResult]:
+                             steps_per_call: int | None = None, first_index: int = 0) -> list[GenerationResult]:
         """One batch of prompts (token ids), decoded one LLM token per step.
 
         on_finish(b, result) is called as each request finishes; should_stop() is polled between
         calls of the loop (True raises specjax.interrupt.Interrupted); steps_per_call: the loop's
-        steps per call (None: about chunked.TARGET_SECONDS of work)."""
+        steps per call (None: about chunked.TARGET_SECONDS of work). Sampling: prompt b draws from
+        sampling.request_key(seed, first_index + b), its own key."""
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         eos = tuple(self.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         c0, t0 = self.compile_seconds, time.perf_counter()
-        state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(_most(max_new_tokens), 1))
+        state, _ = self.init_state(prompts, max_new_tokens, seed, INCREMENTAL_ROOM, max(_most(max_new_tokens), 1),
+                                   first_index=first_index)
         static = dict(cfg=self.llm.cfg, sampling_cfg=sampling, eos_ids=eos)
         exe = self._executable("incremental", incremental_loop, (self.llm.params, state, _STEPS), static)
         self._decode(prompts, lambda st, n: exe(self.llm.params, st, n), state, lambda st: st,
@@ -366,12 +372,13 @@ class Engine:
                       sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
                       eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True,
                       on_finish: OnFinish | None = None, should_stop: Callable[[], bool] | None = None,
-                      steps_per_call: int | None = None) -> list[GenerationResult]:
+                      steps_per_call: int | None = None, first_index: int = 0) -> list[GenerationResult]:
         """One batch of prompts (token ids), decoded speculatively with the engine's SSMs and tree
-        (on_finish, should_stop, steps_per_call: as generate_incremental)."""
+        (on_finish, should_stop, steps_per_call, first_index: as generate_incremental)."""
         prompts = check_prompts(prompts, self.llm.cfg.vocab_size)
         c0, t0 = self.compile_seconds, time.perf_counter()
-        state, cfg = self.init_spec_state(prompts, max_new_tokens, sampling, seed, eos_ids, sampled_children)
+        state, cfg = self.init_spec_state(prompts, max_new_tokens, sampling, seed, eos_ids, sampled_children,
+                                          first_index=first_index)
         params = self.drafter_params()
         exe = self._executable("spec", spec_loop, (self.llm.params, params, state, _STEPS), dict(cfg=cfg))
 
@@ -417,8 +424,8 @@ class Engine:
 
     def init_spec_state(self, prompts: list[list[int]], max_new_tokens: int, sampling: SamplingConfig,
                         seed: int = 0, eos_ids: tuple[int, ...] | None = None, sampled_children: bool = True,
-                        num_slots: int | None = None, record_steps: int | None = None
-                        ) -> tuple[SpecState, SpecConfig]:
+                        num_slots: int | None = None, record_steps: int | None = None, keys=None,
+                        first_index: int = 0) -> tuple[SpecState, SpecConfig]:
         """The speculative loop's static config and its state after the LLM's and every SSM's prefill
         (num_slots, record_steps: S and R as given, see init_state; None: sized from the prompts)."""
         from specjax import drafters as drafters_lib
@@ -433,7 +440,8 @@ class Engine:
         k = max((d.k for d in self.drafters if d.kind == "recycle"), default=0)
         R = max(_most(max_new_tokens), 1) if record_steps is None else record_steps
         base, bucket = self.init_state(prompts, max_new_tokens, seed, cfg.step_room, R, successors=k,
-                                       num_slots=num_slots, taps=cfg.feature_taps)
+                                       num_slots=num_slots, taps=cfg.feature_taps, keys=keys,
+                                       first_index=first_index)
         states = []
         for d, params in zip(self.drafters, self.drafter_params()):
             ctx = InitContext(base=base, bucket=bucket, run=self._run, params=params,

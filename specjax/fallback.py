@@ -5,7 +5,8 @@ measured on other prompts and a cost curve of the LLM's forward alone; on the pr
 drafters may agree less, and the loop costs more than the forward. So the speculative loop is watched
 while it runs: between calls of the loop (specjax.chunked, about every 0.5 s) the tokens it committed
 per second are compared with what incremental decoding of the same rows would give (the measured
-cost of one forward over that many tokens, `verify[N]` of the cost curve). When speculation is slower,
+cost of one forward over that many tokens, `verify[N]` of the cost curve, plus what the real
+incremental loop adds to a step, measured once per machine with the curve). When speculation is slower,
 the rest of the request decodes incrementally on the same state: the speculative state wraps the
 incremental loop's DecodeState (same token buffer, same LLM cache layout), so the switch costs nothing
 but the incremental loop's compile, once per process.
@@ -36,19 +37,24 @@ MIN_STEPS = 32  # speculative steps judged before any decision (lookup drafts li
 @dataclasses.dataclass(frozen=True)
 class FallbackConfig:
     """verify_seconds: {N: seconds of one LLM forward + head over N tokens, B=1} (autotune's curve);
-    an incremental step over B rows is taken to cost verify_seconds at N = B (interpolated).
+    loop_seconds: what the real incremental loop adds to each step beside that forward (autotune's
+    measured incremental step - verify(1)); an incremental step over B rows is taken to cost
+    verify_seconds at N = B (interpolated) + loop_seconds.
     margin: speculation is kept while its tokens/s >= margin x incremental's estimate."""
 
     verify_seconds: tuple[tuple[int, float], ...]
     margin: float = 1.0
+    loop_seconds: float = 0.0
 
     @classmethod
-    def from_costs(cls, costs: dict, margin: float = 0.9) -> "FallbackConfig":
-        return cls(tuple(sorted((int(n), float(s)) for n, s in costs["verify"].items())), margin)
+    def from_costs(cls, costs: dict, margin: float = 1.0) -> "FallbackConfig":
+        verify = tuple(sorted((int(n), float(s)) for n, s in costs["verify"].items()))
+        loop = max(float(costs.get("incremental", verify[0][1])) - dict(verify)[1], 0.0)
+        return cls(verify, margin, loop)
 
     def incremental_step_seconds(self, rows: int) -> float:
         ns, ss = zip(*self.verify_seconds)
-        return float(np.interp(rows, ns, ss))
+        return float(np.interp(rows, ns, ss)) + self.loop_seconds
 
 
 class Watch:

@@ -25,8 +25,8 @@ def incremental_step(params, cfg: ModelConfig, state: DecodeState, sampling_cfg,
     mask = causal_mask(positions, S)  # [B, 1, S]
     hidden, cache = model.forward(params, cfg, root[:, None], positions, state.cache, slots, mask)
     logits = model.lm_head(params, cfg, hidden[:, 0])  # [B, V]
-    key, sub = jax.random.split(state.key)
-    nxt = sampling.sample(sub, logits, sampling_cfg)  # [B]
+    key, sub = sampling.split_rows(state.key, 2)  # one key per row: [B, 2] each
+    nxt = sampling.sample_rows(sub, logits, sampling_cfg)  # [B]
     state = state.replace(cache=cache, key=key)
     state, n = record_step(state, nxt[:, None].astype(jnp.int32), jnp.ones((B,), jnp.int32), eos_ids, STEP_ROOM)
     return state.replace(length=state.length + n)  # the root's K/V are now committed

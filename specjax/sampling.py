@@ -108,3 +108,68 @@ def sample(key: jax.Array, logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     if cfg.is_greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, warp_logits(logits, cfg), axis=-1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- per-row keys
+# The decode loops keep one PRNG key per row (DecodeState.key [B, 2]), so a request's draws depend
+# only on its own key and its own history: the same seed gives the same sampled output alone, in a
+# batch, or in whichever row of a continuous batch it lands.
+
+
+def request_keys(seed: int, first: int, count: int) -> jax.Array:
+    """[count, 2]: the PRNG keys of requests first .. first + count - 1 of a call seeded with `seed` in
+    [0, 2**64): request i's key is the seed's folded with i, the same however the requests are
+    batched. Every bit of the seed counts (jax.random.PRNGKey keeps 32 without x64)."""
+    seed = int(seed)
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+    key = jax.random.PRNGKey(seed & 0xFFFFFFFF)
+    if seed >> 32:
+        key = jax.random.fold_in(key, seed >> 32)
+    return _fold_each(key, jnp.arange(first, first + count, dtype=jnp.uint32))
+
+
+@jax.jit
+def _fold_each(key, ids):
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
+
+
+def request_key(seed: int, index: int = 0) -> jax.Array:
+    """The PRNG key [2] of request `index` of a call seeded with `seed` (see request_keys)."""
+    return request_keys(seed, index, 1)[0]
+
+
+def row_keys(seeds) -> jax.Array:
+    """[B] integer seeds -> [B, 2] PRNG keys, one per row."""
+    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+
+
+def as_row_keys(key: jax.Array, rows: int) -> jax.Array:
+    """Per-row keys ([B, 2] raw, or [B] typed) as they are, or one key split into `rows` (callers
+    outside the decode loops)."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key if key.ndim == (1 if typed else 2) else jax.random.split(key, rows)
+
+
+def split_rows(keys: jax.Array, num: int) -> jax.Array:
+    """keys [B, 2] -> [num, B, 2]: every row's key split num ways."""
+    return jax.vmap(lambda k: jax.random.split(k, num), out_axes=1)(keys)
+
+
+def categorical_rows(keys: jax.Array, logits: jax.Array, shape: tuple[int, ...] | None = None) -> jax.Array:
+    """One categorical draw per row from its own key: keys [B, 2], logits [B, ..., V] -> [B, ...]
+    (shape: the draws' shape per row, broadcasting against logits[b]'s batch dims, as
+    jax.random.categorical's)."""
+    return jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1, shape=shape))(keys, logits)
+
+
+def uniform_rows(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """keys [B, 2] -> [B, *shape] uniforms in [0, 1), each row from its own key."""
+    return jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32))(keys)
+
+
+def sample_rows(keys: jax.Array, logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    """`sample` with one key per row: keys [B, 2], logits [B, V] -> [B] int32."""
+    if cfg.is_greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return categorical_rows(keys, warp_logits(logits, cfg)).astype(jnp.int32)

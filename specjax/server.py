@@ -182,7 +182,7 @@ class Api:
         top_p = float(_number(body, "top_p", 1.0, 0.0, 1.0))
         if top_p <= 0.0:
             raise BadRequest(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
-        seed = _number(body, "seed", None, low=0, integer=True)
+        seed = _number(body, "seed", None, low=0, high=2 ** 64 - 1, integer=True)
         stop = body.get("stop")
         stop = [stop] if isinstance(stop, str) else (stop or [])
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):

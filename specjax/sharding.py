@@ -39,7 +39,7 @@ Their batch is still split over dp.
 
 Caches and loop state. A cache [B, K, S, A] is P('dp', kv, None, None) where kv is the axis its
 model's k projection splits K over (`tp` for the LLM, None for the SSMs);
-every other state array has the batch first and is split over dp (the PRNG key is replicated).
+every other state array (the rows' PRNG keys too) has the batch first and is split over dp.
 B must be a multiple of dp: the engine pads a batch with finished dummy rows (`padded_batch`).
 
 Multi-host: call `init_distributed()` first in every process; every process then runs the same
@@ -382,12 +382,11 @@ def shard_rows(tree: Any, mesh: Mesh | None) -> Any:
 
 
 def shard_decode_state(state, cfg: ModelConfig, mesh: Mesh | None, split: dict[str, str] = TP_SPLIT):
-    """A DecodeState placed: cache by `cache_spec`, PRNG key replicated, every other field over dp."""
+    """A DecodeState placed: cache by `cache_spec`, every other field (the rows' PRNG keys too) over dp."""
     if mesh is None:
         return state
-    rows = shard_rows(state.replace(cache=None, key=None), mesh)
-    return rows.replace(cache=shard_cache(state.cache, cfg, mesh, split),
-                        key=put(state.key, NamedSharding(mesh, P())))
+    rows = shard_rows(state.replace(cache=None), mesh)
+    return rows.replace(cache=shard_cache(state.cache, cfg, mesh, split))
 
 
 def shard_spec_state(state, cfg, mesh: Mesh | None):

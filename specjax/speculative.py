@@ -151,7 +151,7 @@ def spec_step(llm_params, drafter_params: tuple, state: SpecState, cfg: SpecConf
     P = base.length
     running = ~base.done
     M = cfg.depth
-    key, *keys = jax.random.split(base.key, len(cfg.drafters) + 2)
+    key, *keys = sampling.split_rows(base.key, len(cfg.drafters) + 2)  # per row: [B, 2] each
 
     # Draft: every drafter proposes a subtree from the root; merge them.
     proposals, dstates = [], []

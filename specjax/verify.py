@@ -35,6 +35,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from specjax import sampling
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +167,7 @@ def mss_verify(key: jax.Array, p: jax.Array, tokens: jax.Array, parents: jax.Arr
                valid: jax.Array, q: jax.Array, max_depth: int) -> VerifyResult:
     """Multi-step speculative sampling (SpecInfer Algorithm 2) over a padded token tree.
 
-    key: one PRNG key for the whole batch (split per row).
+    key: one PRNG key per row [B, 2] (a row's draws depend on its key alone), or one key [2] split over the rows.
     p [B, N, V] float: the LLM's warped probabilities at every node (`sampling.probs`).
     tokens [B, N] int32, parents [B, N] or [N] int32, valid [B, N] bool.
     q [B, N, V] float: for node j, the distribution its token was drawn from (the drafter's warped
@@ -178,11 +180,11 @@ def mss_verify(key: jax.Array, p: jax.Array, tokens: jax.Array, parents: jax.Arr
     parents = _broadcast_parents(parents, b)
     p = p.astype(jnp.float32)
     q = q.astype(jnp.float32)
-    key_r, key_x = jax.random.split(key)
-    r = jax.random.uniform(key_r, (b, n), jnp.float32)  # one uniform per node, [0, 1)
+    key_r, key_x = sampling.split_rows(sampling.as_row_keys(key, b), 2)  # a row's draws are its own
+    r = sampling.uniform_rows(key_r, (n,))  # one uniform per node, [0, 1)
     row = jax.vmap(functools.partial(_mss_row, max_depth=max_depth))
     last, num_accepted, res = row(r, p, tokens, parents, valid, q)
-    next_token = jax.random.categorical(key_x, jnp.log(res), axis=-1).astype(jnp.int32)  # [B]
+    next_token = sampling.categorical_rows(key_x, jnp.log(res)).astype(jnp.int32)  # [B]
     return VerifyResult(
         path=_path_to(last, num_accepted, parents, max_depth),
         num_accepted=num_accepted,

@@ -98,7 +98,7 @@ def test_parameters_and_caches_are_split(models):
     assert state.cache.k[0].sharding.is_equivalent_to(NamedSharding(engine.mesh, P("dp", "tp", None, None)), 4)
     assert shards(state.cache.k[0]) == shards(state.cache.v[1]) == {(B // 2, K // 4, S, A)}
     assert shards(state.tokens) == {(B // 2, S)} and shards(state.length) == {(B // 2,)}
-    assert state.key.sharding.is_fully_replicated
+    assert shards(state.key) == {(B // 2, 2)}  # one PRNG key per row, rows over dp
     ssm_cache = sharding.new_cache(SSM_CFG, B, S, jnp.float32, engine.mesh, sharding.SSM_SPLIT)
     assert shards(ssm_cache.k[0]) == {(B // 2, 1, S, A)}
 

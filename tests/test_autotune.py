@@ -5,6 +5,8 @@ when corrupt or stale)."""
 import json
 
 import jax
+import numpy as np
+import pytest
 
 from specjax import autotune, model
 from specjax.config import ModelConfig
@@ -37,6 +39,51 @@ def test_cheap_verification_gets_a_tree():
     assert autotune.choose(heavy, DRAFTERS).drafters == ("recycle",)
 
 
+def test_the_measured_incremental_step_is_the_baseline():
+    """Speedups are over the real incremental loop's measured step, and what that loop adds to the
+    forward is charged to each speculative step as well (a lower bound on the speculative loop's)."""
+    c = {**costs(per_node=0.04), "incremental": 1.5}
+    choice = autotune.choose(c, DRAFTERS)
+    n = choice.budget
+    step = autotune._interp(c["verify"], n + 1) + 0.5  # + the loop's 0.5 beside the forward
+    assert choice.speedup == pytest.approx(choice.expected_tokens * 1.5 / step)
+    assert "incremental step" in choice.reason
+
+
+def test_merged_drafters_use_measured_mix_or_overlap_discount(monkeypatch):
+    """A mix of drafters is not the sum of its members: its measured MAT is used where shipped, else
+    the summed node acceptances times the overlap factor; one drafter alone sums its own nodes."""
+    from specjax.drafters import acceptance
+
+    acc = {"recycle": np.array([0.5, 0.3, 0.2]), "lookup": np.array([0.5, 0.4])}
+    monkeypatch.setattr(autotune, "node_acceptance", lambda d: acc[d.name])
+    monkeypatch.setattr(acceptance, "merged_mat", lambda names: {2: 1.6} if names == ("recycle", "lookup") else None)
+    monkeypatch.setattr(acceptance, "overlap_factor", lambda: 0.5)
+    pool = np.sort(np.concatenate(list(acc.values())))[::-1]
+    both = DRAFTERS
+    assert autotune.expected_tokens(both[:1], 2, acc["recycle"], 0.5) == (1.8, "measured alone")
+    assert autotune.expected_tokens(both, 2, pool, 0.5) == (1.6, "measured mix")  # not 1 + 0.5 + 0.5
+    e, source = autotune.expected_tokens(both, 4, pool, 0.5)
+    assert e == pytest.approx(1 + 0.5 * (0.5 + 0.5 + 0.4 + 0.3)) and "overlap" in source
+    # With verification free, the chooser still prefers a single drafter whose own sum beats the mix.
+    c = autotune.choose(costs(per_node=0.0), DRAFTERS, budgets=(2,))
+    assert c.drafters == ("recycle",) or c.drafters == ("lookup",)
+    assert c.expected_tokens == pytest.approx(1.9)  # lookup alone: 1 + 0.5 + 0.4
+
+
+def test_overlap_factor_from_the_shipped_mixes():
+    """The factor applied to unmeasured mixes is in (0, 1] (never more than the sum); the shipped mixes
+    cover the default drafters' every pair and the triple at every budget."""
+    from specjax.drafters import acceptance
+
+    f = acceptance.overlap_factor()
+    assert 0.0 < f <= 1.0
+    merged = acceptance._shipped()["merged"]
+    for mix in ("feature+recycle", "feature+lookup", "recycle+lookup", "feature+recycle+lookup"):
+        assert sorted(map(int, merged[mix])) == [1, 2, 4, 8, 16]
+        assert acceptance.merged_mat(tuple(mix.split("+")))[16] > 1.0
+
+
 def test_forced_spec_mode_gets_the_best_tree_even_when_slower():
     c = autotune.choose(costs(per_node=1.0), DRAFTERS, allow_incremental=False)
     assert c.drafters and c.speedup < 1.0
@@ -55,7 +102,9 @@ def test_costs_are_measured_once_and_corrupt_caches_are_measured_again(autotune_
     # compiles the LLM at every verify size again): a corrupt or stale cache must lead to exactly one
     # new measurement, rewritten to the cache.
     calls = []
-    remeasured = {"verify": {n: 2 * s for n, s in first["verify"].items()}, "drafters": first["drafters"]}
+    assert first["incremental"] > 0  # the real incremental loop's step
+    remeasured = {"verify": {n: 2 * s for n, s in first["verify"].items()}, "drafters": first["drafters"],
+                  "incremental": 2 * first["incremental"]}
     monkeypatch.setattr(autotune, "measure", lambda e: calls.append(e) or remeasured)
     for i, corrupt in enumerate(("{not json", json.dumps({"key": "other"}),
                                  json.dumps({**json.loads(path.read_text()), "verify": {"1": -1.0}}))):

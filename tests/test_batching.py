@@ -98,3 +98,29 @@ def test_text_pieces_concatenate_to_the_decoded_text():
     d = TextDelta(Bytes())
     pieces = [d.feed(ids[i:i + 1]) for i in range(len(ids))] + [d.flush()]
     assert "".join(pieces) == "héllo wörld ✓" and "\ufffd" not in "".join(pieces)
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_sampled_request_draws_the_same_however_batched(llm, speculative):
+    """Every row draws from its own PRNG key (seed, request index): a sampled request's output is the
+    same alone, in a static batch and in whichever row of a continuous batch it lands; another seed
+    changes it. (Drafters without state shared across rows: the recycling table is shared.)"""
+    from specjax.sampling import SamplingConfig
+
+    ssm = LoadedModel(perturbed(llm.params, 0.05, 1), CFG)
+    engine = (Engine(llm, [ssm], TreeConfig(expansion=(2, 1), num_ssms=1), drafters=("ssm", "lookup")) if speculative
+              else Engine(llm))
+    gen = engine.generate_spec if speculative else engine.generate_incremental
+    s, n, seed = SamplingConfig(temperature=1.0), 8, 7
+    prompts, new = PROMPTS[:n], MAX_NEW[:n]
+    alone = [batching.generate(engine, [p], k, speculative, rows=1, sampling=s, seed=seed, eos_ids=EOS,
+                               num_slots=SLOTS, first_index=i)[0].token_ids for i, (p, k) in enumerate(zip(prompts, new))]
+    cont = batching.generate(engine, prompts, new, speculative, rows=4, sampling=s, seed=seed, eos_ids=EOS,
+                             num_slots=SLOTS)
+    static = gen(prompts, max(new), s, seed, EOS)
+    for a, c, st, k in zip(alone, cont, static, new):
+        assert c.token_ids == a
+        assert st.token_ids[:len(a)] == a and (len(a) == k or st.token_ids[len(a) - 1] in EOS)
+    other = batching.generate(engine, prompts, new, speculative, rows=4, sampling=s, seed=seed + 1, eos_ids=EOS,
+                              num_slots=SLOTS)
+    assert sum(o.token_ids != a for o, a in zip(other, alone)) >= n // 2

@@ -74,3 +74,35 @@ def node_acceptance(name: str, num_nodes: int):
     if row is None or len(row) != num_nodes:
         return None
     return np.asarray(row, np.float64)
+
+
+def merged_mat(names) -> dict[int, float] | None:
+    """Measured greedy MAT {budget: MAT} of drafters `names` merged (in engine order), from the
+    shipped file's "merged" table (scripts/measure_acceptance.py --merged), or None."""
+    row = _shipped().get("merged", {}).get("+".join(names))
+    return None if not row else {int(n): float(m) for n, m in row.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def overlap_factor() -> float:
+    """How much of the summed node acceptances of merged drafters a mix really gains: the median over
+    the shipped measured mixes of (measured MAT - 1) / (the sum of the budget's best node acceptances
+    of its members), at most 1. Drafters that merge propose the same easy tokens, which a sum counts
+    twice; but the budget picks each step's best nodes by their live scores (lookup's depend on its
+    match), which a sum of averages misses: measured on the default drafters, the ratio runs from
+    0.8 (recycle+lookup, budget 8) to 1.9 (feature+lookup, budget 1). 1.0 when nothing is shipped."""
+    import numpy as np
+
+    shipped = _shipped()
+    nodes = shipped.get("node_acceptance", {})
+    ratios = []
+    for key, row in shipped.get("merged", {}).items():
+        members = key.split("+")
+        if not all(m in nodes for m in members):
+            continue
+        pool = np.sort(np.concatenate([np.asarray(nodes[m], np.float64) for m in members]))[::-1]
+        for n, mat in row.items():
+            s = float(pool[: int(n)].sum())
+            if s > 0:
+                ratios.append((float(mat) - 1.0) / s)
+    return float(np.clip(np.median(ratios), 0.0, 1.0)) if ratios else 1.0

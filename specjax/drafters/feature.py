@@ -252,10 +252,10 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
         rank = jnp.asarray(topo.children_rank[start:stop])  # [w']
         lg = fm.logits(params["ssm"], fcfg, out)  # [B, w, V']
         if stochastic:
-            key, sub = jax.random.split(key)
+            key, sub = sampling.split_rows(sampling.as_row_keys(key, B), 2)  # one key per row [B, 2]
             probs = sampling.probs(lg, sampling_cfg)  # [B, w, V']
-            draws = jax.random.categorical(sub, jnp.log(probs)[:, :, None, :], axis=-1,
-                                           shape=(B, probs.shape[1], k))  # [B, w, k]
+            draws = sampling.categorical_rows(sub, jnp.log(probs)[:, :, None, :],
+                                              shape=(probs.shape[1], k))  # [B, w, k]
             draft = draws[:, parent_frontier, rank]  # [B, w']
             p = probs[:, parent_frontier]  # [B, w', V']
             qs.append(jnp.zeros(p.shape[:2] + (V,), jnp.float32).at[:, :, d2t].add(p))

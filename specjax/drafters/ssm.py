@@ -85,10 +85,10 @@ def draft_tree(key, params, cfg: ModelConfig, cache: model.KVCache, seq, ssm_len
         parent_frontier = jnp.asarray(topo.parents[start:stop] - topo.level_start[level - 1])  # [w']
         rank = jnp.asarray(topo.children_rank[start:stop])  # [w']
         if stochastic:
-            key, sub = jax.random.split(key)
+            key, sub = sampling.split_rows(sampling.as_row_keys(key, B), 2)  # one key per row [B, 2]
             probs = sampling.probs(frontier_logits, sampling_cfg)  # [B, w, V]
-            draws = jax.random.categorical(sub, jnp.log(probs)[:, :, None, :], axis=-1,
-                                           shape=(B, probs.shape[1], k))  # [B, w, k]
+            draws = sampling.categorical_rows(sub, jnp.log(probs)[:, :, None, :],
+                                              shape=(probs.shape[1], k))  # [B, w, k]
             child = draws[:, parent_frontier, rank]  # [B, w']
             qs.append(probs[:, parent_frontier])  # [B, w', V]
         else:
