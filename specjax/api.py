@@ -219,9 +219,9 @@ class Generator:
         specjax.interrupt.Interrupted).
 
         batching: "continuous" (default on one device): batch_size rows, each taking the next prompt
-        as soon as its request finishes (specjax.batching); "static" (default with a mesh): batches of batch_size prompts, each decoded until its
-        last row stops. Sampled, request i draws from its own key (seed, i) either way: the same
-        output however it is batched."""
+        as soon as its request finishes (specjax.batching); "static" (default with a mesh): batches
+        of batch_size prompts, each decoded until its last row stops. Sampled, request i draws from
+        its own key (seed, i) either way: the same output however it is batched."""
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
         batching = batching or ("static" if self.engine.mesh is not None else "continuous")

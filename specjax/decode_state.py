@@ -39,7 +39,7 @@ class DecodeState:
     finish: jax.Array  # [B] int32: finish_reason code, RUNNING while going
     steps: jax.Array  # [B] int32: LLM forward steps taken (prefill excluded)
     emitted: jax.Array  # [B, R] int32: tokens emitted at each step (accepted + bonus)
-    key: jax.Array  # [B, 2] one PRNG key per row (sampling.row_keys): a row's draws are its own
+    key: jax.Array  # [B, 2] one PRNG key per row (sampling.request_keys): a row's draws are its own
 
     @property
     def done(self):

@@ -139,11 +139,6 @@ def request_key(seed: int, index: int = 0) -> jax.Array:
     return request_keys(seed, index, 1)[0]
 
 
-def row_keys(seeds) -> jax.Array:
-    """[B] integer seeds -> [B, 2] PRNG keys, one per row."""
-    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
-
-
 def as_row_keys(key: jax.Array, rows: int) -> jax.Array:
     """Per-row keys ([B, 2] raw, or [B] typed) as they are, or one key split into `rows` (callers
     outside the decode loops)."""

@@ -135,3 +135,17 @@ def test_config_is_hashable_static():
     assert hash(SamplingConfig(0.7, 5, 0.9)) == hash(SamplingConfig(0.7, 5, 0.9))
     with pytest.raises(Exception):
         SamplingConfig().temperature = 1.0  # frozen
+
+
+def test_request_keys_use_every_seed_bit_and_refuse_bad_seeds():
+    """Request i's key is the same alone or among others; seeds differing only above bit 32 differ
+    (jax.random.PRNGKey alone truncates them); seeds outside [0, 2**64) are refused by name."""
+    from specjax.sampling import request_key, request_keys
+
+    keys = np.asarray(request_keys(5, 3, 4))
+    np.testing.assert_array_equal(keys[1], np.asarray(request_key(5, 4)))
+    assert len({tuple(k) for k in keys}) == 4
+    assert not np.array_equal(np.asarray(request_key(2 ** 40)), np.asarray(request_key(0)))
+    for bad in (-1, 2 ** 64):
+        with pytest.raises(ValueError, match="seed must be an integer in"):
+            request_keys(bad, 0, 1)

@@ -146,6 +146,7 @@ def test_32_concurrent_requests_equal_their_greedy_output_alone(client, gen):
     (b'{"model": "tiny", "prompt": "w5", "max_tokens": 500}', "max_tokens"),
     (b'{"model": "tiny", "prompt": ""}', "prompt"),
     (b'{"model": "tiny", "prompt": "w5", "n": 2}', "n"),
+    (b'{"model": "tiny", "prompt": "w5", "seed": 18446744073709551616}', "seed"),  # 2**64: beyond a key
     (b'{"model": "tiny", "messages": []}', "messages"),
 ])
 def test_bad_input_is_a_400_and_the_server_goes_on(server, client, body, param):
