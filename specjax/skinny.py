@@ -124,25 +124,41 @@ def _open(path: Path, want: str):
 
 def _find_or_build():
     """The built library: the one pip install built next to the sources, else the user cache's (built
-    there now if missing or stale, e.g. after a jaxlib upgrade)."""
+    there now if missing or stale, e.g. after a jaxlib upgrade or a source change).
+
+    A cache build is named by its build id: a process that has opened a stale library keeps it mapped
+    under its name (dlopen returns the loaded one again), so a fresh build under the same name would
+    not load until the next process."""
     from specjax.kernels import build as kbuild  # no jax import: setup.py uses it too
 
     try:
         want = kbuild.source_hash()
     except kbuild.BuildError as e:
         raise KernelUnavailable(str(e)) from None
-    for path in [*sorted(_KERNELS.glob("_skinny*.so")), _cache_dir() / kbuild.LIBRARY]:
+    cache = _cache_dir()
+    named = cache / cache_library_name(want)
+    for path in [*sorted(_KERNELS.glob("_skinny*.so")), named]:
         lib = _open(path, want)
         if lib is not None:
             return lib
     try:
-        path = kbuild.build(_cache_dir())
+        path = kbuild.build(cache, named.name)
     except kbuild.BuildError as e:
         raise KernelUnavailable(f"could not build it: {str(e).splitlines()[0]}") from None
     lib = _open(path, want)
     if lib is None:
         raise KernelUnavailable(f"{path} was built but does not load")
+    for old in cache.glob("_skinny*.so"):  # other builds' (best effort; a process using one keeps its mapping)
+        if old != path:
+            try:
+                old.unlink()
+            except OSError:
+                pass
     return lib
+
+
+def cache_library_name(build_id: str) -> str:
+    return f"_skinny-{build_id}.so"
 
 
 @functools.lru_cache(maxsize=None)

@@ -230,3 +230,32 @@ def test_a_library_without_a_build_id_is_stale(tmp_path):
     lib = tmp_path / "_skinny.so"
     subprocess.run(["g++", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     assert skinny._open(lib, "anything") is None
+
+
+def test_a_stale_cached_library_is_rebuilt_and_loads_in_the_same_process(tmp_path):
+    """After a source change or a jaxlib upgrade the cached library is stale: the rebuild loads in the
+    process that found it stale (an old build under the rebuild's file name would be handed back by
+    dlopen once opened, so each build has a name of its own), and the old builds are removed."""
+    script = textwrap.dedent("""
+        import pathlib, subprocess, sys
+        from specjax import skinny
+        from specjax.kernels import build as kbuild
+        cache = pathlib.Path(sys.argv[1])
+        skinny._KERNELS = cache / "nowhere"  # not the package's own build
+        skinny._cache_dir = lambda: cache
+        src = cache / "old.cc"
+        src.write_text('extern "C" const char* specjax_skinny_build_id() { return "0000000000000000"; }')
+        for name in ("_skinny.so", skinny.cache_library_name("0" * 16)):  # older specjax builds
+            subprocess.run(["g++", "-shared", "-fPIC", "-o", str(cache / name), str(src)], check=True)
+            assert skinny._open(cache / name, kbuild.source_hash()) is None  # opened, stale, kept mapped
+        print("isa", skinny._load())
+        print(sorted(p.name for p in cache.glob("_skinny*.so")))
+    """)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", SPECJAX_SKINNY="1")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from specjax.kernels import build as kbuild
+
+    assert out.stdout.splitlines()[0].startswith("isa ")
+    assert out.stdout.splitlines()[1] == str([skinny.cache_library_name(kbuild.source_hash())])
