@@ -130,7 +130,7 @@ def dense(x, w, rows: int | None = None):
 BLOCK = 128  # cache slots per attention block (caches longer than 2 blocks are read block by block)
 
 
-def attend(q, k, v, k_cache, v_cache, slots, mask):
+def attend(q, k, v, k_cache, v_cache, slots, mask, cpu_kernel: bool = False):
     """Attention of the T new queries over the cache as it was plus the T new keys, which is the
     masked attention over the cache with the new K/V written at their slots, without reading it.
 
@@ -139,7 +139,9 @@ def attend(q, k, v, k_cache, v_cache, slots, mask):
     stale K/V in the cache, so the cache part masks it out and the new part stands in for it:
     query t sees new token u where mask[b, t, slots[b, u]]. A cache of more than 2 blocks is read
     only up to the last slot any query sees, block by block with a running softmax (flash-decoding):
-    a step costs what the requests' lengths need, not what the cache could hold."""
+    a step costs what the requests' lengths need, not what the cache could hold.
+    cpu_kernel: the same attention in one call of specjax's CPU kernel (skinny.attend; float32 only),
+    for a model packed for it."""
     B, T, H, A = q.shape
     K, S = k.shape[2], k_cache.shape[2]
     G = H // K
@@ -147,6 +149,8 @@ def attend(q, k, v, k_cache, v_cache, slots, mask):
     old_mask = mask & ~written[:, None, :]  # [B, T, S]
     sees = jnp.take_along_axis(mask, jnp.broadcast_to(jnp.minimum(slots, S - 1)[:, None, :], (B, T, T)), axis=2)
     new_mask = sees & (slots < S)[:, None, :]  # [B, T, T]: query t sees new token u
+    if cpu_kernel and all(a.dtype == jnp.float32 for a in (q, k, v, k_cache, v_cache)):
+        return skinny.attend(q, k, v, k_cache, v_cache, old_mask, new_mask).reshape(B, T, H * A)
 
     lo = jnp.finfo(jnp.float32).min
     q = jnp.swapaxes(q.reshape(B, T, K, G, A), 1, 2).reshape(B, K, T * G, A)  # [B, K, TG, A]
@@ -202,7 +206,8 @@ def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots,
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
     if cfg.uses_rope:
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    out = attend(q, k, v, k_cache, v_cache, slots, mask)  # [B, T, H*A]
+    # Packed for the CPU kernel (specjax.skinny): its attention too.
+    out = attend(q, k, v, k_cache, v_cache, slots, mask, cpu_kernel="qkv" in lp)  # [B, T, H*A]
     out = dense(out, lp["o"], H * A)
     if cfg.o_bias:
         out = out + lp["o_bias"]

@@ -93,6 +93,23 @@ def matmul(x, w: PackedWeight):
     return jax.ffi.ffi_call(_TARGETS[jnp.dtype(w.dtype)], out)(x, w.data, n=np.int64(w.n))
 
 
+def attend(q, k_new, v_new, k_cache, v_cache, old_mask, new_mask):
+    """Attention of T new queries over the cache as it was plus the T new keys, in one kernel call
+    (what model.attend computes with XLA ops: a transposing copy, a loop over cache blocks and a dozen
+    small fusions per layer, whose dispatch costs more than the arithmetic at decode sizes).
+
+    q [B, T, H, A]; k_new, v_new [B, T, K, A]; k_cache, v_cache [B, K, S, A]; old_mask [B, T, S] (query
+    t sees cache slot s); new_mask [B, T, T] (query t sees new token u). Returns [B, T, H, A] float32.
+    A query's result depends only on what it sees (slots ascending, then new tokens ascending), not on
+    T or the other rows. A query that sees nothing gets zeros."""
+    _load()  # registered (packed params imply it is; a direct call may come first)
+    B, T, H, A = q.shape
+    f32 = lambda a: a.astype(jnp.float32)
+    out = jax.ShapeDtypeStruct((B, T, H, A), jnp.float32)
+    return jax.ffi.ffi_call("specjax_attend_f32", out)(f32(q), f32(k_new), f32(v_new), f32(k_cache), f32(v_cache),
+                                                       old_mask.astype(bool), new_mask.astype(bool))
+
+
 # ----------------------------------------------------------------------------- the library
 
 
@@ -174,6 +191,7 @@ def _load() -> str:
                                 "instruction set this processor lacks")
     jax.ffi.register_ffi_target("specjax_skinny_f32", jax.ffi.pycapsule(lib.SpecjaxSkinnyF32), platform="cpu")
     jax.ffi.register_ffi_target("specjax_skinny_bf16", jax.ffi.pycapsule(lib.SpecjaxSkinnyBF16), platform="cpu")
+    jax.ffi.register_ffi_target("specjax_attend_f32", jax.ffi.pycapsule(lib.SpecjaxAttendF32), platform="cpu")
     return isa.decode()
 
 

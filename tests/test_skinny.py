@@ -133,6 +133,24 @@ def test_every_instruction_set_this_processor_has():
                 ref = want if dt == jnp.float32 else x.astype(np.float64) @ np.asarray(jnp.asarray(w, dt), np.float64)
                 got = np.asarray(skinny.matmul(jnp.asarray(x), skinny.pack(w, dt)), np.float64)
                 errs.append(float(np.max(np.abs(got - ref)) / np.max(np.abs(ref))))
+        # attention (head dims with and without a tail past 8 lanes) against float64 softmax attention
+        for B, T, H, K, S, A in [(2, 5, 6, 2, 40, 12), (1, 3, 9, 3, 70, 64)]:
+            rng = np.random.default_rng(S)
+            q, kn, vn = (rng.standard_normal(s).astype(np.float32) for s in [(B, T, H, A), (B, T, K, A), (B, T, K, A)])
+            kc, vc = (rng.standard_normal((B, K, S, A)).astype(np.float32) for _ in range(2))
+            om, nm = rng.random((B, T, S)) < 0.7, rng.random((B, T, T)) < 0.5
+            nm[:, np.arange(T), np.arange(T)] = True
+            got = np.asarray(skinny.attend(*map(jnp.asarray, (q, kn, vn, kc, vc, om, nm))), np.float64)
+            G = H // K
+            for b in range(B):
+                for t in range(T):
+                    for h in range(H):
+                        keys = np.concatenate([kc[b, h // G][om[b, t]], kn[b, nm[b, t], h // G]]).astype(np.float64)
+                        vals = np.concatenate([vc[b, h // G][om[b, t]], vn[b, nm[b, t], h // G]]).astype(np.float64)
+                        s = keys @ q[b, t, h] / np.sqrt(A)
+                        p = np.exp(s - s.max())
+                        ref = p @ vals / p.sum()
+                        errs.append(float(np.max(np.abs(got[b, t, h] - ref)) / np.max(np.abs(ref))))
         print(json.dumps({"ok": ok, "line": line, "err": max(errs)}))
     """)
     isas = ["generic", "avx2", "avx512"] if os_machine() == "x86_64" else ["generic"]

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("skinny.cc", "skinny_isa.cc")
+SOURCES = ("skinny.cc", "skinny_isa.cc", "attend_isa.cc")
 LIBRARY = "_skinny.so"
-COMMON = ["-O3", "-std=gnu++17", "-fPIC", "-ffp-contract=fast", "-fno-math-errno"]
+COMMON = ["-O3", "-std=gnu++17", "-fPIC", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
 # (namespace, micro-tile rows, flags): rows of x held in registers for each vector register file.
 ISAS_X86 = (("generic", 3, []), ("avx2", 6, ["-mavx2", "-mfma"]), ("avx512", 12, ["-mavx512f", "-mfma"]))
 ISAS_OTHER = (("generic", 6, []),)
@@ -74,10 +74,11 @@ def build(out_dir: str | os.PathLike, name: str = LIBRARY) -> Path:
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         objects = []
         for ns, rows, flags in isas:
-            obj = Path(tmp) / f"isa_{ns}.o"
-            run([cxx, *COMMON, "-fvisibility=hidden", *flags, f"-DSKINNY_NS={ns}", f"-DSKINNY_MR={rows}", "-c",
-                 str(HERE / "skinny_isa.cc"), "-o", str(obj)])
-            objects.append(str(obj))
+            for src in ("skinny_isa.cc", "attend_isa.cc"):
+                obj = Path(tmp) / f"{Path(src).stem}_{ns}.o"
+                run([cxx, *COMMON, "-fvisibility=hidden", *flags, f"-DSKINNY_NS={ns}", f"-DSKINNY_MR={rows}", "-c",
+                     str(HERE / src), "-o", str(obj)])
+                objects.append(str(obj))
         main_obj = Path(tmp) / "skinny.o"
         run([cxx, *COMMON, f"-I{inc}", f'-DSKINNY_BUILD_ID="{source_hash()}"', "-c", str(HERE / "skinny.cc"),
              "-o", str(main_obj)])

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 
 #include "xla/ffi/api/ffi.h"
@@ -24,11 +25,17 @@ namespace specjax_skinny {
 
 using RunF32 = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t);
 using RunBF16 = void (*)(const float*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t, int64_t);
+using RunAttend = void (*)(const float*, const float*, const float*, const float*, const float*, const bool*,
+                           const bool*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                           int64_t);
 
 #define SKINNY_DECLARE(ns)                                                                           \
   namespace ns {                                                                                     \
   void run_f32(const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t);    \
   void run_bf16(const float*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t, int64_t); \
+  void attend(const float*, const float*, const float*, const float*, const float*, const bool*,      \
+              const bool*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t); \
+  int64_t attend_tasks(int64_t, int64_t, int64_t, int64_t);                                          \
   }
 SKINNY_DECLARE(generic)
 #if defined(__x86_64__)
@@ -40,14 +47,15 @@ struct Isa {
   const char* name;
   RunF32 f32;
   RunBF16 bf16;
+  RunAttend attend;
 };
 
 static Isa choose_isa() {
   const char* force = std::getenv("SPECJAX_SKINNY_ISA");
-  const Isa generic_isa{"generic", generic::run_f32, generic::run_bf16};
+  const Isa generic_isa{"generic", generic::run_f32, generic::run_bf16, generic::attend};
 #if defined(__x86_64__)
-  const Isa avx2_isa{"avx2", avx2::run_f32, avx2::run_bf16};
-  const Isa avx512_isa{"avx512", avx512::run_f32, avx512::run_bf16};
+  const Isa avx2_isa{"avx2", avx2::run_f32, avx2::run_bf16, avx2::attend};
+  const Isa avx512_isa{"avx512", avx512::run_f32, avx512::run_bf16, avx512::attend};
   __builtin_cpu_init();
   const bool has512 = __builtin_cpu_supports("avx512f");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -55,12 +63,12 @@ static Isa choose_isa() {
     if (!std::strcmp(force, "avx512") && has512) return avx512_isa;
     if (!std::strcmp(force, "avx2") && has2) return avx2_isa;
     if (!std::strcmp(force, "generic")) return generic_isa;
-    return Isa{nullptr, nullptr, nullptr};  // asked for what this processor lacks
+    return Isa{nullptr, nullptr, nullptr, nullptr};  // asked for what this processor lacks
   }
   if (has512) return avx512_isa;
   if (has2) return avx2_isa;
 #else
-  if (force && *force && std::strcmp(force, "generic")) return Isa{nullptr, nullptr, nullptr};
+  if (force && *force && std::strcmp(force, "generic")) return Isa{nullptr, nullptr, nullptr, nullptr};
 #endif
   return generic_isa;
 }
@@ -77,30 +85,30 @@ constexpr int64_t kMinParallelBytes = 192 * 1024;
 struct Job {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
-  int64_t chunks = 0, chunk = 0, panels = 0;
+  int64_t chunks = 0, chunk = 0, items = 0;
 };
 
-template <typename W, typename Run>
-static void matmul(ffi::ThreadPool& pool, Run run, const float* x, int64_t M, int64_t K, const W* w,
-                   int64_t N, float* y) {
-  const int64_t panels = (N + NB - 1) / NB;
-  const int64_t bytes = panels * K * NB * int64_t(sizeof(W));
+// fn(i0, i1) over [0, items) in chunks taken from an atomic counter by the calling thread and XLA's
+// intra-op pool tasks (the call finishes even if no pool thread is free to help); one thread when
+// `parallel` is false.
+template <typename Fn>
+static void parallel_for(ffi::ThreadPool& pool, int64_t items, bool parallel, Fn fn) {
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  if (threads == 1 || bytes < kMinParallelBytes || panels < 2) {
-    run(x, M, K, w, N, y, 0, panels);
+  if (threads == 1 || !parallel || items < 2) {
+    fn(int64_t(0), items);
     return;
   }
   auto job = std::make_shared<Job>();
-  job->chunks = std::min<int64_t>(panels, threads * 4);
-  job->chunk = (panels + job->chunks - 1) / job->chunks;
-  job->chunks = (panels + job->chunk - 1) / job->chunk;
-  job->panels = panels;
+  job->chunks = std::min<int64_t>(items, threads * 4);
+  job->chunk = (items + job->chunks - 1) / job->chunks;
+  job->chunks = (items + job->chunk - 1) / job->chunk;
+  job->items = items;
   // A task may start after the call has returned: it holds the job alive, finds no chunk left and
-  // never touches x, w or y.
-  auto work = [job, run, x, M, K, w, N, y]() {
+  // never touches the buffers fn reads.
+  auto work = [job, fn]() {
     for (int64_t c; (c = job->next.fetch_add(1, std::memory_order_relaxed)) < job->chunks;) {
-      const int64_t p0 = c * job->chunk, p1 = std::min(job->panels, p0 + job->chunk);
-      run(x, M, K, w, N, y, p0, p1);
+      const int64_t i0 = c * job->chunk, i1 = std::min(job->items, i0 + job->chunk);
+      fn(i0, i1);
       job->done.fetch_add(1, std::memory_order_release);
     }
   };
@@ -111,6 +119,15 @@ static void matmul(ffi::ThreadPool& pool, Run run, const float* x, int64_t M, in
     __builtin_ia32_pause();
 #endif
   }
+}
+
+template <typename W, typename Run>
+static void matmul(ffi::ThreadPool& pool, Run run, const float* x, int64_t M, int64_t K, const W* w,
+                   int64_t N, float* y) {
+  const int64_t panels = (N + NB - 1) / NB;
+  const int64_t bytes = panels * K * NB * int64_t(sizeof(W));
+  parallel_for(pool, panels, bytes >= kMinParallelBytes,
+               [run, x, M, K, w, N, y](int64_t p0, int64_t p1) { run(x, M, K, w, N, y, p0, p1); });
 }
 
 template <ffi::DataType WT>
@@ -141,7 +158,57 @@ static ffi::Error impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+// Below this many multiply-adds (T H S A) one thread is faster than waking the pool.
+constexpr int64_t kMinParallelAttend = 256 * 1024;
+
+static ffi::Error attend_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kn,
+                              ffi::Buffer<ffi::F32> vn, ffi::Buffer<ffi::F32> kc, ffi::Buffer<ffi::F32> vc,
+                              ffi::Buffer<ffi::PRED> old_mask, ffi::Buffer<ffi::PRED> new_mask,
+                              ffi::ResultBuffer<ffi::F32> out) {
+  const Isa& chosen = isa();
+  if (!chosen.name) return ffi::Error::InvalidArgument("attend: SPECJAX_SKINNY_ISA names an instruction set this processor lacks");
+  auto qd = q.dimensions(), kd = kn.dimensions(), cd = kc.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || cd.size() != 4)
+    return ffi::Error::InvalidArgument("attend: q, k, v must be [B, T, heads, A] and the caches [B, K, S, A]");
+  const int64_t B = qd[0], T = qd[1], H = qd[2], A = qd[3], K = kd[2], S = cd[2];
+  auto same = [](auto d, std::initializer_list<int64_t> want) {
+    if (d.size() != want.size()) return false;
+    size_t i = 0;
+    for (int64_t w : want)
+      if (d[i++] != w) return false;
+    return true;
+  };
+  if (K == 0 || H % K || !same(kd, {B, T, K, A}) || !same(vn.dimensions(), {B, T, K, A}) ||
+      !same(cd, {B, K, S, A}) || !same(vc.dimensions(), {B, K, S, A}) ||
+      !same(old_mask.dimensions(), {B, T, S}) || !same(new_mask.dimensions(), {B, T, T}) ||
+      !same(out->dimensions(), {B, T, H, A}))
+    return ffi::Error::InvalidArgument("attend: shapes disagree (q [B,T,H,A], k/v [B,T,K,A], caches [B,K,S,A], "
+                                       "masks [B,T,S] and [B,T,T], H a multiple of K)");
+  if (B * T * H == 0) return ffi::Error::Success();
+  const int64_t tasks = generic::attend_tasks(B, T, H, K);  // the same in every ISA's attend
+  const float *qp = q.typed_data(), *knp = kn.typed_data(), *vnp = vn.typed_data(), *kcp = kc.typed_data(),
+              *vcp = vc.typed_data();
+  const bool *om = old_mask.typed_data(), *nm = new_mask.typed_data();
+  float* o = out->typed_data();
+  RunAttend run = chosen.attend;
+  parallel_for(pool, tasks, B * T * H * S * A >= kMinParallelAttend,
+               [=](int64_t t0, int64_t t1) { run(qp, knp, vnp, kcp, vcp, om, nm, o, B, T, H, K, S, A, t0, t1); });
+  return ffi::Error::Success();
+}
+
 }  // namespace specjax_skinny
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecjaxAttendF32, specjax_skinny::attend_impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecjaxSkinnyF32, specjax_skinny::impl<ffi::F32>,
                               ffi::Ffi::Bind()
