@@ -297,3 +297,8 @@ def test_bench_rows_include_the_feature_ssm(llm, random_fs, monkeypatch):
     assert [d.kind for d in systems["spec-merged-b8"].engine.drafters] == ["ssm", "recycle", "lookup", "feature"]
     assert "spec-merged-b8@T0.7" in systems and baselines["spec-feature"] == "incremental"
     assert "feature" in [d.kind for d in systems["spec-auto"].engine.drafters]  # cheap and accurate: chosen
+    # One copy of the (packed) weights for every engine: a full bench once ran out of memory packing one
+    # per engine.
+    engines = [s.engine for s in systems.values()]
+    assert len({id(e.llm.params["layers"][0]["qkv"]) for e in engines}) == 1
+    assert len({id(e.feature_ssm.params["head"]) for e in engines if e.feature_ssm is not None}) == 1

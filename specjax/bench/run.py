@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from specjax import skinny
 from specjax.bench import report
 from specjax.bench.systems import HFSystem, HFWorker, SpecjaxSystem
 from specjax.engine import Engine, LoadedModel
@@ -145,6 +146,15 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
         raise BenchError(f"--chain-ssm {cfg.chain_ssm}: there are {len(ssms)} SSM(s)")
     eos = _eos(llm)
     greedy = SamplingConfig()
+    # Packed for the CPU kernel once here (a no-op where it does not apply), so the engines below share
+    # one copy of the weights: each would otherwise pack its own (538 MB for the default LLM; a full
+    # bench ran out of memory at ~9 copies).
+    llm = dataclasses.replace(llm, params=skinny.pack_params(llm.params, llm.cfg))
+    ssms = [dataclasses.replace(m, params=skinny.pack_params(m.params, m.cfg)) for m in ssms]
+    if feature_ssm is not None:
+        from specjax.drafters import feature
+
+        feature_ssm = feature.pack(feature_ssm)
     inc = Engine(llm)
     spec = Engine(llm, ssms, tree)
     chain = Engine(llm, [ssms[cfg.chain_ssm]], chain_tree(tree))
