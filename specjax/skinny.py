@@ -89,6 +89,7 @@ def matmul(x, w: PackedWeight):
     x = x.astype(jnp.float32)
     if rows > MAX_ROWS:
         return x @ w.unpack().astype(jnp.float32)
+    _load()  # registered (packed params imply it is; a direct call may come first)
     out = jax.ShapeDtypeStruct((*lead, w.n), jnp.float32)
     return jax.ffi.ffi_call(_TARGETS[jnp.dtype(w.dtype)], out)(x, w.data, n=np.int64(w.n))
 

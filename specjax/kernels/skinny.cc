@@ -12,6 +12,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <thread>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -114,10 +115,16 @@ static void parallel_for(ffi::ThreadPool& pool, int64_t items, bool parallel, Fn
   };
   for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
   work();
-  while (job->done.load(std::memory_order_acquire) < job->chunks) {
+  // The last chunks are running on pool threads: spin briefly, then give the core away, so that a pool
+  // thread the OS has preempted (another process busy on the machine) can finish its chunk here.
+  for (int spins = 0; job->done.load(std::memory_order_acquire) < job->chunks; ++spins) {
+    if (spins < 4096) {
 #if defined(__x86_64__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
+    } else {
+      std::this_thread::yield();
+    }
   }
 }
 
