@@ -73,19 +73,22 @@ def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys, monkeypa
     monkeypatch.setattr(autotune, "load_or_measure", injected)
     llm = converted["llama_gqa_llama3"]
     out = tmp_path / "out"
+    # --max-new-tokens 8 (quick keeps the lower of it and 16): the runs then have the warm-up's shapes, so
+    # each system compiles once, not twice (what --quick alone sets: test_quick_is_a_smoke_config).
     code = main(["bench", "--llm", str(llm), "--ssm", str(llm), "--ssm", str(llm), "--tree", "1,2,1",
-                 "--questions", str(questions), "--quick", "--out", str(out)])
+                 "--questions", str(questions), "--quick", "--max-new-tokens", "8", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 0, err
     res = json.loads((out / "specbench.json").read_text())
+    assert res["config"]["max_new_tokens"] == 8 and res["config"]["batch_sizes"] == [1, 2]
     assert (out / "specbench.png").stat().st_size > 1000 and "Speedup over" in (out / "specbench.md").read_text()
     systems = {"incremental", "spec-tree", "spec-chain", "hf-generate", "hf-assisted", "incremental@T0.7",
                "spec-tree@T0.7", "spec-recycle", "spec-lookup", "spec-merged-b16", "spec-merged-b16@T0.7", "spec-auto"}
     assert set(res["summary"]) == systems
-    # --quick: the first 3 categories, 1 question each, first turn only, 16 new tokens
+    # --quick: the first 3 categories, 1 question each, first turn only, at most 8 new tokens (as asked)
     assert {(r["category"], r["qid"]) for r in res["records"]} == {("writing", 0), ("math", 2), ("qa", 3)}
     assert len(res["records"]) == 3 * len(systems)
-    assert all(r["new_tokens"] <= 16 for r in res["records"])
+    assert all(r["new_tokens"] <= 8 for r in res["records"])
     # every figure recomputed from the raw records
     for s in systems:
         rows = [r for r in res["records"] if r["system"] == s]
@@ -122,15 +125,41 @@ def test_bench_quick_end_to_end(converted, questions, tmp_path, capsys, monkeypa
     assert "| spec-tree / incremental |" in (out / "specbench.md").read_text()
 
 
+def test_quick_is_a_smoke_config(converted, questions, tmp_path, monkeypatch):
+    """--quick alone: the file's first 3 categories, 1 question each, 16 new tokens (of the default 128),
+    batch mode B=1,2 over 2 prompts; the other options as given (what bench() receives, not run here)."""
+    from specjax.bench import run
+
+    calls = []
+    monkeypatch.setattr(run, "bench", lambda llm, ssms, tree, cfg, out, **kw: calls.append((cfg, tree, kw)) or {})
+    llm = str(converted["llama_gqa_llama3"])
+    assert main(["bench", "--llm", llm, "--ssm", llm, "--tree", "1,2", "--questions", str(questions), "--quick",
+                 "--temperature", "0.5", "--out", str(tmp_path / "out")]) == 0
+    [(cfg, tree, kw)] = calls
+    assert (cfg.per_category, cfg.categories, cfg.max_new_tokens) == (1, ("writing", "math", "qa"), 16)
+    assert (cfg.batch_sizes, cfg.batch_prompts, cfg.temperature, cfg.hf) == ((1, 2), 2, 0.5, True)
+    assert tree.expansion == (1, 2) and kw["ssm_paths"] == [llm]
+    assert run.load_questions(cfg.questions, cfg.per_category, cfg.categories)[0]["prompt"] == "hello world"
+    assert not (tmp_path / "out").exists()  # checked, not created: bench() makes it
+    # without --quick: every category and question, 128 new tokens, B=1,4,8 over 8 prompts
+    assert main(["bench", "--llm", llm, "--ssm", llm, "--questions", str(questions),
+                 "--out", str(tmp_path / "o")]) == 0
+    cfg = calls[1][0]
+    assert (cfg.per_category, cfg.categories, cfg.max_new_tokens, cfg.batch_sizes, cfg.batch_prompts) == (
+        None, (), 128, (1, 4, 8), 8)
+
+
 def test_bench_records_as_runs_finish_and_resumes(converted, questions, tmp_path, monkeypatch):
     """records.jsonl gets each run as it finishes; a stopped run continues with resume (its records
     kept as they were); another config refuses to resume; no matplotlib: no plot, a note, the json."""
     import sys
 
-    from specjax import api
+    from specjax import api, autotune
     from specjax.bench.run import RECORDS, BenchConfig, bench, check_run_dir
     from specjax.interrupt import Interrupted
 
+    # the spec-auto row's costs injected, as in test_bench_quick_end_to_end (see AUTO_COSTS)
+    monkeypatch.setattr(autotune, "load_or_measure", lambda engine, log=None: (AUTO_COSTS, False))
     llm = str(converted["llama_gqa_llama3"])
     gen = api.Generator.load(llm=llm, ssms=[llm], tree="1,2")
     cfg = BenchConfig(questions=str(questions), categories=("writing", "math"), per_category=1, max_new_tokens=6,

@@ -3,6 +3,8 @@ each drafter alone and all merged (mixed prompt lengths, with and without a budg
 propose nothing, the budgeted selection's properties, lookup matching and the recycling table's
 save/load checks."""
 
+import functools
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -146,6 +148,13 @@ def test_empty_recycling_rows_propose_nothing():
 TOPOS = [expansion_topology((2, 2)), expansion_topology((1, 1, 1)), expansion_topology((3, 1))]
 
 
+@functools.lru_cache(maxsize=None)
+def _merge(budget):
+    """merge over TOPOS jitted (as the loop runs it) once per budget: op by op, each example compiled
+    dozens of small programs."""
+    return jax.jit(lambda root, props: merge(root, props, TOPOS, [False] * 3, 8, False, budget))
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_budgeted_merge_is_a_tree_of_the_best_nodes(data):
@@ -163,8 +172,8 @@ def test_budgeted_merge_is_a_tree_of_the_best_nodes(data):
     A = sum(t.num_nodes for t in TOPOS)
     budget = data.draw(st.integers(1, A))
     root = jnp.asarray([7, 7])
-    tree, _, _, src, _ = merge(root, props, TOPOS, [False] * 3, 8, False, budget)
-    full, _, _, _, _ = merge(root, props, TOPOS, [False] * 3, 8, False, None)
+    tree, _, _, src, _ = _merge(budget)(root, props)
+    full, _, _, _, _ = _merge(None)(root, props)
     assert tree.tokens.shape == (B, budget + 1)  # exactly N slots
     lay = concat_layout(TOPOS)
     for b in range(B):

@@ -31,24 +31,27 @@ def test_ttt_passes_equal_cached_drafting():
     """Pass 1 == a causal cached forward over real features; pass s at position i == drafting depth s-1
     from the root at i - s + 2 (catch-up up to i - s + 1, then the chain on the drafter's own outputs)."""
     cfg, p = _drafter()
+    # jitted, as training and the engine run them (op by op, this test compiled ~360 small programs)
+    ttt_outputs = jax.jit(fm.ttt_outputs, static_argnums=(1, 4))
+    step = jax.jit(fm.step, static_argnums=1)
     B, T, S = 2, 10, 32
     feats = jax.random.normal(jax.random.PRNGKey(1), (B, T, cfg.feature_width))
     emb = jax.random.normal(jax.random.PRNGKey(2), (B, T, LLM.hidden_size))
-    outs = fm.ttt_outputs(p, cfg, feats, emb, 3)
+    outs = ttt_outputs(p, cfg, feats, emb, 3)
     pos = jnp.broadcast_to(jnp.arange(T), (B, T))
-    o, _ = fm.step(p, cfg, fm.fuse(p, feats), emb, pos, fm.init_cache(cfg, B, S), pos,
-                   jnp.arange(S)[None, None, :] <= pos[:, :, None])
+    o, _ = step(p, cfg, fm.fuse(p, feats), emb, pos, fm.init_cache(cfg, B, S), pos,
+                jnp.arange(S)[None, None, :] <= pos[:, :, None])
     np.testing.assert_allclose(o, outs[0], atol=1e-4)
     P = 6
     pp = pos[:, :P]
-    o1, c = fm.step(p, cfg, fm.fuse(p, feats[:, :P]), emb[:, :P], pp, fm.init_cache(cfg, B, S), pp,
-                    jnp.arange(S)[None, None, :] <= pp[:, :, None])
+    o1, c = step(p, cfg, fm.fuse(p, feats[:, :P]), emb[:, :P], pp, fm.init_cache(cfg, B, S), pp,
+                 jnp.arange(S)[None, None, :] <= pp[:, :, None])
     g = o1[:, -1:]
     for d in (1, 2):
         i = P - 1 + d  # the depth-d node's position
         m = (jnp.arange(S) < P) | ((jnp.arange(S) > 20) & (jnp.arange(S) <= 20 + d))
-        g, c = fm.step(p, cfg, g, emb[:, i:i + 1], jnp.full((B, 1), i), c, jnp.full((B, 1), 20 + d),
-                       jnp.broadcast_to(m, (B, 1, S)))
+        g, c = step(p, cfg, g, emb[:, i:i + 1], jnp.full((B, 1), i), c, jnp.full((B, 1), 20 + d),
+                    jnp.broadcast_to(m, (B, 1, S)))
         np.testing.assert_allclose(g[:, 0], outs[d][:, i], atol=1e-4)
 
 
