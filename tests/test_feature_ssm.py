@@ -115,6 +115,28 @@ def _tiny_data(n=6, T=24, seed=0):
     return llm_params, fdata.FeatureData(tokens, mask, [feats], ids, probs, np.asarray([0, n]), {})
 
 
+def test_features_read_each_row_only_to_its_end():
+    """With the mask, rows are read in length order up to their group's longest row: the positions kept
+    equal the full-length pass; past a row's end (padding) they are zeros."""
+    llm_params = model.init_params(LLM, jax.random.PRNGKey(1), std=0.3)
+    rng = np.random.default_rng(1)
+    T = 40
+    tokens = rng.integers(3, LLM.vocab_size, (5, T)).astype(np.int32)
+    mask = np.zeros((5, T), np.uint8)
+    for i, end in enumerate((12, 40, 9, 30, 20)):
+        mask[i, 6:end] = 1
+        tokens[i, end:] = 0
+    full = fdata.features(llm_params, LLM, tokens, TAPS, 4, rows=2)
+    cut = fdata.features(llm_params, LLM, tokens, TAPS, 4, rows=2, mask=mask, bucket=8)
+    for i, (end, read) in enumerate(zip((12, 40, 9, 30, 20), (16, 40, 16, 32, 32))):  # groups {9, 12} {20, 30} {40}
+        np.testing.assert_allclose(cut[0][i, :end].astype(np.float32), full[0][i, :end].astype(np.float32),
+                                   rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(cut[2][i, :end].astype(np.float32), full[2][i, :end].astype(np.float32),
+                                   rtol=2e-3, atol=1e-3)
+        assert (cut[1][i, :end] == full[1][i, :end]).mean() > 0.99
+        assert cut[0][i, read - 1].any() and not cut[0][i, read:].any() and not cut[2][i, read:].any()
+
+
 def test_data_directory_refuses_another_llm(tmp_path):
     meta = {"llm": "aaa", "taps": [0, 2, 3]}
     fdata.check_meta(tmp_path, meta)

@@ -143,10 +143,29 @@ def _features(params, tokens, cfg: ModelConfig, taps: tuple[int, ...], k: int):
     return feats.astype(jnp.float16), ids.astype(jnp.int32), jnp.exp(top).astype(jnp.float16)
 
 
-def features(params, cfg: ModelConfig, tokens: np.ndarray, taps: tuple[int, ...], k: int, rows: int = 8):
-    """(features [n, T, F] f16, top-k ids [n, T, k], probs [n, T, k] f16) of tokens [n, T], `rows` at a time."""
-    outs = [_features(params, jnp.asarray(tokens[i: i + rows]), cfg, taps, k) for i in range(0, len(tokens), rows)]
-    return tuple(np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(3))
+def features(params, cfg: ModelConfig, tokens: np.ndarray, taps: tuple[int, ...], k: int, rows: int = 8,
+             mask: np.ndarray | None = None, bucket: int = 64):
+    """(features [n, T, F] f16, top-k ids [n, T, k], probs [n, T, k] f16) of tokens [n, T], `rows` at a time.
+
+    mask [n, T]: where the continuations are; with it, rows are read in order of length and each group only
+    up to its longest row (rounded up to `bucket`): the LLM is causal, so the positions kept are the same,
+    and those past a row's end (padding, no loss there) are zeros instead of the padding's features."""
+    n, T = tokens.shape
+    if mask is None:
+        lengths = np.full(n, T)
+    else:
+        lengths = np.where(mask.any(1), T - np.argmax(mask[:, ::-1] != 0, axis=1), 0)
+    order = np.argsort(lengths, kind="stable")
+    out = None
+    for i in range(0, n, rows):
+        group = order[i: i + rows]
+        L = int(min(T, max(bucket, -(-int(lengths[group].max()) // bucket) * bucket)))
+        got = [np.asarray(o) for o in _features(params, jnp.asarray(tokens[group, :L]), cfg, taps, k)]
+        if out is None:
+            out = [np.zeros((n, T) + g.shape[2:], g.dtype) for g in got]
+        for o, g in zip(out, got):
+            o[group, :L] = g
+    return tuple(out)
 
 
 def _atomic_save(path: Path, fn, *args, **kw) -> None:
@@ -207,8 +226,8 @@ def build(llm, prompt_ids: Sequence[Sequence[int]], directory: str | Path, cfg: 
             made += int(mask.sum())
         if not (directory / f"topk-{c:05d}.npz").is_file():
             with np.load(part) as f:
-                tokens = f["tokens"]
-            feats, ids, probs = features(llm.params, llm.cfg, tokens, cfg.taps, cfg.top_k)
+                tokens, mask = f["tokens"], f["mask"]
+            feats, ids, probs = features(llm.params, llm.cfg, tokens, cfg.taps, cfg.top_k, mask=mask)
             _atomic_save(directory / f"feat-{c:05d}.npy", np.save, feats)
             _atomic_save(directory / f"topk-{c:05d}.npz", np.savez, ids=ids, probs=probs)
         bar.update(1)
