@@ -19,6 +19,12 @@ neighbours, and equals the static batches' (Engine.generate_*, same seed and ind
 
 The batch's sampling config is static in the loop: requests with another config wait until the batch
 drains (first come, first served), then the batch switches (one compile per config, cached).
+
+Row tiers (row_tiers=True; specjax.row_tiers): the state is kept at the smallest of B's tiers
+(1, 2, 4, .., B) that holds the active requests and those about to be admitted. Before admitting, the
+batcher grows (active rows copied into a bigger state) or shrinks (active rows gathered into the first
+rows of a smaller one); row numbers change, requests keep their rows' contents and their order. Each
+tier compiles its loop once, so a lightly loaded batch computes one or two rows, not B.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import drafters as drafters_lib
+from specjax import row_tiers as row_tiers_lib
 from specjax import sharding
 from specjax.chunked import FIRST_STEPS, TARGET_SECONDS, next_chunk
 from specjax.decode_state import MAX_NEW_TOKENS, DecodeState
@@ -143,17 +150,22 @@ class Batcher:
       rows: B. num_slots: S, cache slots of every row (a request needs its prompt + new tokens + one
         step's room; see fits). eos_ids: tokens that end a request.
       steps_per_call: K, the loop's steps per call at most (None: about `target` seconds of work).
+      row_tiers: run at the smallest row tier that holds the active requests (module docstring): True
+        for 1, 2, 4, .., B, or the tiers given (B is added); False: always B rows.
     """
 
     def __init__(self, engine: Engine, speculative: bool, rows: int, num_slots: int,
                  eos_ids: tuple[int, ...] | None = None, sampling: SamplingConfig = SamplingConfig(),
                  seed: int = 0, sampled_children: bool = True, steps_per_call: int | None = None,
-                 target: float = TARGET_SECONDS):
+                 target: float = TARGET_SECONDS, row_tiers: bool | Sequence[int] = False):
         if engine.mesh is not None:
             raise EngineError("continuous batching runs on one device: use static batches with a mesh")
         if rows < 1:
             raise EngineError(f"continuous batching needs at least one row, got {rows}")
         self.engine, self.speculative, self.rows, self.num_slots = engine, speculative, rows, num_slots
+        self.tiers = row_tiers_lib.tiers(rows, row_tiers)
+        self.tier = self.tiers[0]  # rows of the state now
+        self.grows = self.shrinks = 0  # tier changes (for tests and reports)
         self.eos = tuple(engine.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         self.sampling, self.sampled_children = sampling, sampled_children
         self.steps_per_call, self.target = steps_per_call, target
@@ -163,7 +175,7 @@ class Batcher:
         self.record = num_slots  # R: no request runs more steps than it has slots
         self.waiting: collections.deque[Request] = collections.deque()
         self.lock = threading.Condition()
-        self.active: dict[int, Request] = {}  # row -> request
+        self.active: dict[int, Request] = {}  # row (< self.tier) -> request
         self.sent = np.zeros(rows, np.int64)  # tokens handed to on_tokens, per row
         self.started = np.zeros(rows)  # when the row's request was admitted (perf_counter)
         self.refills = 0  # requests put into rows (for tests and reports)
@@ -175,8 +187,8 @@ class Batcher:
 
     # -- building rows ---------------------------------------------------------------------
     def _empty_state(self, seed: int):
-        """B finished dummy rows (one-token prompts, nothing to generate) in S slots."""
-        dummies = [[0]] * self.rows
+        """self.tier finished dummy rows (one-token prompts, nothing to generate) in S slots."""
+        dummies = [[0]] * self.tier
         if not self.speculative:
             state, _ = self.engine.init_state(dummies, 0, seed, self.room, self.record, num_slots=self.num_slots)
             return state
@@ -256,8 +268,15 @@ class Batcher:
                     self.sampling = head.sampling
                     if self.speculative:
                         self.cfg = dataclasses.replace(self.cfg, sampling=head.sampling)
+            admissible = 0  # the requests this call will admit
+            for req in self.waiting:
+                if admissible == self.rows - len(self.active) or req.sampling != self.sampling:
+                    break
+                admissible += not req.cancelled
+        self._fit(len(self.active) + admissible)
+        with self.lock:
             todo = []
-            free = [b for b in range(self.rows) if b not in self.active]
+            free = [b for b in range(self.tier) if b not in self.active]
             while free and self.waiting and self.waiting[0].sampling == self.sampling:
                 req = self.waiting.popleft()
                 if req.cancelled:
@@ -266,6 +285,28 @@ class Batcher:
                 todo.append((free.pop(0), req))
         for b, req in todo:
             self._fill(b, req)
+
+    def _fit(self, n: int) -> None:
+        """Moves the state to the smallest tier holding n rows (nothing when n is 0: idle)."""
+        tier = row_tiers_lib.tier_for(n, self.tiers)
+        if n == 0 or tier == self.tier:
+            return
+        rows = sorted(self.active)  # row order kept: the active rows become rows 0 .. len - 1
+        index = jnp.asarray(row_tiers_lib.move_index(rows, tier))
+        if self.speculative:
+            exe = self.engine._executable("move_spec", row_tiers_lib.move_spec_rows, (self.state, index),
+                                          dict(cfg=self.cfg))
+        else:
+            exe = self.engine._executable("move", row_tiers_lib.move_decode_rows, (self.state, index), {})
+        self.state = exe(self.state, index)
+        self.active = {i: self.active[b] for i, b in enumerate(rows)}
+        for per_row in (self.sent, self.started):
+            per_row[:len(rows)] = per_row[rows]
+        if tier > self.tier:
+            self.grows += 1
+        else:
+            self.shrinks += 1
+        self.tier = tier
 
     def _finish_cancelled_waiting(self, req: Request) -> None:
         if req.on_done is not None:
@@ -293,9 +334,13 @@ class Batcher:
             return call
         if self.watch is None:
             static = dict(cfg=self.engine.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos)
-            inc = lambda base: functools.partial(self.engine._executable(
-                "incremental_cb", incremental_until_finish, (self.engine.llm.params, base, _STEPS), static),
-                self.engine.llm.params)
+            params = self.engine.llm.params
+            exe = lambda base: self.engine._executable("incremental_cb", incremental_until_finish,
+                                                       (params, base, _STEPS), static)
+
+            def inc(base):  # compiled now for this tier; the call finds the tier it is given (row tiers)
+                exe(base)
+                return lambda b, n: exe(b)(params, b, n)
             self.watch = Watch(self.engine.fallback, call, inc, base=lambda st: st.base,
                                replace_base=lambda st, b: st.replace(base=b), log=self.engine.progress)
         self.watch.spec = call
@@ -335,7 +380,7 @@ class Batcher:
         return True
 
     def _finished(self, rows: list[int]) -> None:
-        prompts = [self.active[b].prompt if b in self.active else [0] for b in range(self.rows)]
+        prompts = [self.active[b].prompt if b in self.active else [0] for b in range(self.tier)]
         compile_s = self.engine.compile_seconds - self.c0
         res = self.engine.results(prompts, self._base(), time.perf_counter() - self.t0 - compile_s, compile_s, rows)
         if self.speculative:
@@ -379,8 +424,9 @@ def generate(engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: i
              speculative: bool, rows: int, sampling: SamplingConfig = SamplingConfig(), seed: int = 0,
              eos_ids: tuple[int, ...] | None = None, on_finish: Callable[[int, GenerationResult], None] | None = None,
              should_stop: Callable[[], bool] | None = None, steps_per_call: int | None = None,
-             num_slots: int | None = None, first_index: int = 0) -> list[GenerationResult]:
-    """Prompts (token ids) decoded with continuous batching in `rows` rows; results in input order.
+             num_slots: int | None = None, first_index: int = 0, row_tiers: bool | Sequence[int] = False) -> list[GenerationResult]:
+    """Prompts (token ids) decoded with continuous batching in `rows` rows (row_tiers: see Batcher);
+    results in input order.
     max_new_tokens: one for all or one per prompt. on_finish(i, result) as request i finishes.
     Sampling: prompt i draws from sampling.request_key(seed, first_index + i)."""
     from specjax.engine import check_prompts
@@ -392,7 +438,7 @@ def generate(engine: Engine, prompts: Sequence[Sequence[int]], max_new_tokens: i
     S = num_slots or slots_for(engine, prompts, max(limits), speculative)
     engine.last_fallback = ""
     batcher = Batcher(engine, speculative, min(rows, len(prompts)), S, eos_ids, sampling, seed,
-                      steps_per_call=steps_per_call)
+                      steps_per_call=steps_per_call, row_tiers=row_tiers)
     out: dict[int, GenerationResult] = {}
 
     def done(i):

@@ -124,3 +124,66 @@ def test_sampled_request_draws_the_same_however_batched(llm, speculative):
     other = batching.generate(engine, prompts, new, speculative, rows=4, sampling=s, seed=seed + 1, eos_ids=EOS,
                               num_slots=SLOTS)
     assert sum(o.token_ids != a for o, a in zip(other, alone)) >= n // 2
+
+
+def run_schedule(batcher, arrivals: dict, results: dict) -> list[int]:
+    """Steps the batcher, adding request i (PROMPTS[i], MAX_NEW[i]) at the call numbers `arrivals`
+    gives ({call: [i, ...]}), until every request is done. Returns the tier of each call."""
+    tiers, k = [], 0
+    while k <= max(arrivals) or batcher.busy:
+        for i in arrivals.get(k, []):
+            batcher.add(batching.Request(prompt=PROMPTS[i], max_new_tokens=MAX_NEW[i], index=i,
+                                         on_done=lambda r, i=i: results.__setitem__(i, r)))
+        batcher.step()
+        tiers.append(batcher.tier)
+        k += 1
+    return tiers
+
+
+# call -> requests arriving then (incremental decoding goes through tiers 1, 4, 1, 2, 4, 2, 1, 2, 1)
+ARRIVALS = {0: [0], 2: [1, 2, 3], 3: [4], 14: [5], 16: [6], 18: [7, 8, 9, 10], 40: [11], 41: [12]}
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_row_tiers_grow_and_shrink_exactly_and_compile_once_per_tier(llm, alone, speculative):
+    """Row tiers (incremental: 1, 2, 4 rows of 4; speculative: 1 and 4, one loop compile fewer):
+    requests arriving and finishing move the batch between tiers several times (the SSM's cache moves
+    with its rows, the shared recycling table stays); every request's greedy output equals its output
+    alone; the loop compiles once per tier, and a second wave of the same traffic compiles nothing."""
+    if speculative:  # the speculative test's engine: its 4-row loop is compiled already
+        ssm = LoadedModel(perturbed(llm.params, 0.05, 1), CFG)
+        engine = Engine(llm, [ssm], TreeConfig(expansion=(2, 1, 1), num_ssms=1),
+                        drafters=("ssm", "recycle", "lookup"))
+    else:
+        engine = Engine(llm)
+    b = batching.Batcher(engine, speculative, 4, SLOTS, EOS, steps_per_call=2,
+                         row_tiers=(1,) if speculative else True)
+    assert b.tiers == ((1, 4) if speculative else (1, 2, 4)) and b.tier == 1
+    got: dict = {}
+    tiers = run_schedule(b, ARRIVALS, got)
+    assert set(tiers) == set(b.tiers) and b.grows >= 3 and b.shrinks >= 3, tiers
+    for i, r in got.items():
+        assert r.token_ids == alone[i].token_ids and r.finish_reason == alone[i].finish_reason, i
+        if speculative:
+            assert sum(r.accepted_per_step) == len(r.token_ids) and len(r.accepted_per_step) == r.llm_steps
+        else:
+            assert r.accepted_per_step == alone[i].accepted_per_step
+    loop = "spec_cb" if speculative else "incremental_cb"
+    compiled = set(engine._compiled)
+    assert sum(key[0] == loop for key in compiled) == len(b.tiers)  # one loop per tier
+    again: dict = {}
+    assert run_schedule(b, ARRIVALS, again) and set(engine._compiled) == compiled  # nothing new
+    assert all(again[i].token_ids == got[i].token_ids for i in got)
+
+
+def test_row_tier_sizes_and_move_index():
+    from specjax import row_tiers
+
+    assert row_tiers.tiers_for(8) == (1, 2, 4, 8) and row_tiers.tiers_for(6) == (1, 2, 4, 6)
+    assert row_tiers.tiers_for(1) == (1,) and row_tiers.tiers(4, False) == (4,) and row_tiers.tiers(4, [2, 1]) == (1, 2, 4)
+    with pytest.raises(ValueError):
+        row_tiers.tiers(4, (0, 2))
+    assert [row_tiers.tier_for(n, (1, 2, 4, 6)) for n in (1, 2, 3, 5, 6, 9)] == [1, 2, 4, 6, 6, 6]
+    assert row_tiers.move_index([1, 3], 4).tolist() == [1, 3, -1, -1]
+    with pytest.raises(ValueError):
+        row_tiers.move_index([0, 1, 2], 2)

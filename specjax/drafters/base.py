@@ -9,6 +9,11 @@ loop state, a pytree it alone reads and writes:
     shard_state(state, cfg, mesh) -> state               places the state on a device mesh
     insert_row(state, row, b, cfg) -> state              continuous batching: row b of the batch's state
                                                          from a one-request state `row` (jit side)
+    PER_ROW = True | False                               module constant: every leaf of the state is per
+                                                         row (row axis 0, [B, ...]; continuous batching's
+                                                         row tiers move it with its row) or the whole
+                                                         state is shared by the rows (the recycling
+                                                         table) and stays; True when absent
 
 and a frozen, hashable config (`cfg`, part of the loop's static SpecConfig) with `kind`, `name`,
 `topology` (the static shape of its proposal, a `Topology`) and `sampled` (whether, under stochastic

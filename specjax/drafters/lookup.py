@@ -21,6 +21,8 @@ import numpy as np
 
 from specjax.drafters.base import Proposal, Topology, chain_topology
 
+PER_ROW = True  # no leaves: a row's history is its row of the token buffer
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:

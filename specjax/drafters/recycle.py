@@ -32,6 +32,7 @@ from specjax.drafters import acceptance
 from specjax.drafters.base import Proposal, Topology, expansion_topology, path_scores
 
 DEFAULT_K = 8
+PER_ROW = False  # the table is shared by every row (specjax.row_tiers leaves it)
 
 
 class RecycleTableError(ValueError):

@@ -29,6 +29,8 @@ from specjax.drafters import acceptance
 from specjax.drafters.base import Proposal, Topology, expansion_topology, path_scores
 from specjax.tree import SsmTopology
 
+PER_ROW = True  # cache [B, K, S, A] per layer and ssm_len [B] move with their row (specjax.row_tiers)
+
 
 def catch_up(params, cfg: ModelConfig, cache: model.KVCache, seq, ssm_len, root_slot, width: int):
     """Runs seq[b, ssm_len[b] .. root_slot[b]] (1..width tokens) through the SSM.
