@@ -213,7 +213,7 @@ class Generator:
                      sampling: SamplingConfig = SamplingConfig(), seed: int = 0, batch_size: int = 8,
                      on_result: Callable[[int, GenerationResult], None] | None = None,
                      should_stop: Callable[[], bool] | None = None,
-                     batching: str | None = None) -> list[GenerationResult]:
+                     batching: str | None = None, row_tiers: bool = False) -> list[GenerationResult]:
         """Token ids in, GenerationResults out (in input order). on_result(i, result) is called as
         request i finishes; should_stop() is polled between calls of the decode loop (True raises
         specjax.interrupt.Interrupted).
@@ -221,7 +221,9 @@ class Generator:
         batching: "continuous" (default on one device): batch_size rows, each taking the next prompt
         as soon as its request finishes (specjax.batching); "static" (default with a mesh): batches
         of batch_size prompts, each decoded until its last row stops. Sampled, request i draws from
-        its own key (seed, i) either way: the same output however it is batched."""
+        its own key (seed, i) either way: the same output however it is batched. row_tiers
+        (continuous): run at the smallest of 1, 2, 4, .., batch_size rows holding the active requests
+        (specjax.row_tiers; the queue's tail runs fewer rows, each tier one more loop compile)."""
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
         batching = batching or ("static" if self.engine.mesh is not None else "continuous")
@@ -234,7 +236,8 @@ class Generator:
             from specjax import batching as batching_lib
 
             return batching_lib.generate(self.engine, prompts, max_new_tokens, self.mode == "spec", batch_size,
-                                         sampling, seed, eos, on_finish=on_result, should_stop=should_stop)
+                                         sampling, seed, eos, on_finish=on_result, should_stop=should_stop,
+                                         row_tiers=row_tiers)
         out: list[GenerationResult] = []
         for i in range(0, len(prompts), batch_size):
             batch = [list(p) for p in prompts[i:i + batch_size]]

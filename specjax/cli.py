@@ -54,6 +54,9 @@ def _add_generate(sub):
                    help="continuous: a row takes the next prompt as soon as its request finishes (default on "
                         "one device); static: batches of --batch-size prompts, each until its last row stops "
                         "(default with --mesh)")
+    p.add_argument("--row-tiers", action=argparse.BooleanOptionalAction, default=False,
+                   help="continuous batching: run at the smallest of 1, 2, 4, .. --batch-size rows that holds the "
+                        "active requests (the queue's tail decodes fewer rows; one more loop compile per tier)")
     p.add_argument("--stream", action="store_true",
                    help="with --prompt: print the text as it is generated")
     p.add_argument("--output", help="write one json line per prompt here, as each finishes (default: print the text)")
@@ -164,6 +167,7 @@ def cmd_generate(args) -> int:
             try:
                 gen.generate_ids(ids, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
                                  batch_size=args.batch_size, should_stop=stop.is_set, batching=args.batching,
+                                 row_tiers=args.row_tiers,
                                  on_result=lambda i, r: emit(gen.row_output(i, {}, r, args.batch_size)))
             except Interrupted:
                 where = f" to {args.output} (--resume continues)" if writer is not None else ""
@@ -250,6 +254,9 @@ def _add_serve(sub):
                         "the model's context)")
     p.add_argument("--steps-per-call", type=positive_int, default=None,
                    help="K: decode steps per return to the host at most (default: about 0.1 s of work)")
+    p.add_argument("--row-tiers", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the batch at the smallest of 1, 2, 4, .. --batch-size rows that holds the active "
+                        "requests (one loop compiled per tier); --no-row-tiers: always --batch-size rows")
     p.add_argument("--model-name", default=None,
                    help="the model id clients name (default: the --llm directory's name, or specjax-default)")
     p.add_argument("--weight-dtype", choices=["float32", "bfloat16"], default="float32", help="as for generate")
@@ -279,7 +286,8 @@ def cmd_serve(args) -> int:
         limit = gen.engine._slot_limit()
         slots = SERVE_SLOTS if limit is None else min(SERVE_SLOTS, limit[0])
     name = args.model_name or (Path(args.llm).name if args.llm else "specjax-default")
-    server.serve(gen, args.host, args.port, args.batch_size, slots, name, args.steps_per_call)
+    server.serve(gen, args.host, args.port, args.batch_size, slots, name, args.steps_per_call,
+                 row_tiers=args.row_tiers)
     return 0
 
 

@@ -43,10 +43,10 @@ class BadRequest(ValueError):
 class Worker:
     """The engine thread: a Batcher stepped while there is work, requests submitted from any thread."""
 
-    def __init__(self, gen, rows: int, num_slots: int, steps_per_call: int | None = None):
+    def __init__(self, gen, rows: int, num_slots: int, steps_per_call: int | None = None, row_tiers: bool = True):
         self.gen = gen
         self.batcher = Batcher(gen.engine, gen.mode == "spec", rows, num_slots, gen.eos_ids(),
-                               steps_per_call=steps_per_call, target=STREAM_TARGET_SECONDS)
+                               steps_per_call=steps_per_call, target=STREAM_TARGET_SECONDS, row_tiers=row_tiers)
         self.stats = {"served": 0, "cancelled": 0, "failed": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="specjax-engine", daemon=True)
@@ -85,7 +85,7 @@ class Worker:
 
     def health(self) -> dict:
         b = self.batcher
-        return {"status": "ok", "rows": b.rows, "active": len(b.active), "waiting": len(b.waiting),
+        return {"status": "ok", "rows": b.rows, "tier": b.tier, "active": len(b.active), "waiting": len(b.waiting),
                 "cache_slots": b.num_slots, **self.stats}
 
 
@@ -364,7 +364,7 @@ def build_app(gen, worker: Worker, model_name: str):
 
 
 def serve(gen, host: str, port: int, rows: int, num_slots: int, model_name: str,
-          steps_per_call: int | None = None, log_level: str = "info") -> None:
+          steps_per_call: int | None = None, log_level: str = "info", row_tiers: bool = True) -> None:
     """Runs the server until SIGINT / SIGTERM (uvicorn's handlers: open responses finish first)."""
     import contextlib
     import signal
@@ -386,8 +386,9 @@ def serve(gen, host: str, port: int, rows: int, num_slots: int, model_name: str,
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
 
-    worker = Worker(gen, rows, num_slots, steps_per_call)
+    worker = Worker(gen, rows, num_slots, steps_per_call, row_tiers)
     app = build_app(gen, worker, model_name)
-    print(f"specjax serve: {model_name} on http://{host}:{port} ({rows} rows x {num_slots} cache slots, "
+    tiers = "row tiers " + ",".join(map(str, worker.batcher.tiers)) if row_tiers else "no row tiers"
+    print(f"specjax serve: {model_name} on http://{host}:{port} ({rows} rows x {num_slots} cache slots, {tiers}, "
           f"mode {gen.mode})", file=sys.stderr, flush=True)
     Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)).run()
