@@ -22,9 +22,12 @@ drains (first come, first served), then the batch switches (one compile per conf
 
 Row tiers (row_tiers=True; specjax.row_tiers): the state is kept at the smallest of B's tiers
 (1, 2, 4, .., B) that holds the active requests and those about to be admitted. Before admitting, the
-batcher grows (active rows copied into a bigger state) or shrinks (active rows gathered into the first
-rows of a smaller one); row numbers change, requests keep their rows' contents and their order. Each
-tier compiles its loop once, so a lightly loaded batch computes one or two rows, not B.
+batcher grows (active rows copied into a bigger state) at once, or shrinks (active rows gathered into
+the first rows of a smaller one) once a smaller tier has sufficed for a few calls in a row with nothing
+waiting (SHRINK_AFTER_CALLS: a row finishing just before the next request arrives moves nothing); row
+numbers change, requests keep their rows' contents and their order. Each tier compiles its loop once,
+at its first use or all at once in Batcher.precompile (what `specjax serve` does before it is ready),
+so a lightly loaded batch computes one or two rows, not B.
 """
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ from specjax.speculative import SpecConfig, SpecState, spec_step
 
 _STEPS = jax.ShapeDtypeStruct((), jnp.int32)
 _ROW = jax.ShapeDtypeStruct((), jnp.int32)
+# Row tiers shrink only after this many calls of the loop in a row that a smaller tier would have
+# held (with nothing waiting): a client's next request usually comes within a round trip of its
+# last answer, well inside one call (serve: ~0.1 s), so the batch does not shrink and grow back
+# (two copies of the whole state, ~0.75 GB of LLM cache at 8 x 2048) in between; the price is at
+# most this many calls at the larger tier. Idle polls count (serve polls every 0.05 s).
+SHRINK_AFTER_CALLS = 4
 
 
 # ----------------------------------------------------------------------------- jit side
@@ -152,12 +161,15 @@ class Batcher:
       steps_per_call: K, the loop's steps per call at most (None: about `target` seconds of work).
       row_tiers: run at the smallest row tier that holds the active requests (module docstring): True
         for 1, 2, 4, .., B, or the tiers given (B is added); False: always B rows.
+      shrink_after: with row tiers, shrink only after this many calls in a row in which a smaller tier
+        held every request and none waited (1: at once).
     """
 
     def __init__(self, engine: Engine, speculative: bool, rows: int, num_slots: int,
                  eos_ids: tuple[int, ...] | None = None, sampling: SamplingConfig = SamplingConfig(),
                  seed: int = 0, sampled_children: bool = True, steps_per_call: int | None = None,
-                 target: float = TARGET_SECONDS, row_tiers: bool | Sequence[int] = False):
+                 target: float = TARGET_SECONDS, row_tiers: bool | Sequence[int] = False,
+                 shrink_after: int = SHRINK_AFTER_CALLS):
         if engine.mesh is not None:
             raise EngineError("continuous batching runs on one device: use static batches with a mesh")
         if rows < 1:
@@ -166,6 +178,8 @@ class Batcher:
         self.tiers = row_tiers_lib.tiers(rows, row_tiers)
         self.tier = self.tiers[0]  # rows of the state now
         self.grows = self.shrinks = 0  # tier changes (for tests and reports)
+        self.shrink_after = shrink_after
+        self._calls_small, self._need = 0, 0  # calls in a row a smaller tier held, the largest they needed
         self.eos = tuple(engine.llm.cfg.eos_token_ids if eos_ids is None else eos_ids)
         self.sampling, self.sampled_children = sampling, sampled_children
         self.steps_per_call, self.target = steps_per_call, target
@@ -221,13 +235,69 @@ class Batcher:
                                              record_steps=self.record, keys=keys)
         return row
 
+    # -- the executables (one per tier; state may be arrays or ShapeDtypeStructs) --------------
+    def _insert_exe(self, state, row):
+        if self.speculative:
+            return self.engine._executable("insert_spec", insert_spec_row, (state, row, _ROW), dict(cfg=self.cfg))
+        return self.engine._executable("insert", insert_decode_row, (state, row, _ROW), {})
+
+    def _release_exe(self, base):
+        return self.engine._executable("release", release_row, (base, _ROW), {})
+
+    def _move_exe(self, state, index):
+        if self.speculative:
+            return self.engine._executable("move_spec", row_tiers_lib.move_spec_rows, (state, index),
+                                           dict(cfg=self.cfg))
+        return self.engine._executable("move", row_tiers_lib.move_decode_rows, (state, index), {})
+
+    def _incremental_exe(self, base):
+        static = dict(cfg=self.engine.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos)
+        return self.engine._executable("incremental_cb", incremental_until_finish,
+                                       (self.engine.llm.params, base, _STEPS), static)
+
+    def _loop_exe(self, state):
+        if self.speculative:
+            return self.engine._executable("spec_cb", spec_until_finish,
+                                           (self.engine.llm.params, self.engine.drafter_params(), state, _STEPS),
+                                           dict(cfg=self.cfg))
+        return self._incremental_exe(state)
+
+    def precompile(self) -> float:
+        """Compiles now what every tier runs, instead of at its first use (while other requests
+        wait): the loop for the batch's sampling config, a row's insert and release, the moves
+        between every pair of tiers, and (speculative, watched by the engine's fallback) the
+        incremental loop a watch may switch to. Returns the seconds it took. Shapes only: no other
+        tier's state is built (one dummy row is prefilled). Requests with another sampling config still
+        compile their loop when they come. Call it while the batcher is idle."""
+        if self.busy:
+            raise EngineError("precompile: the batcher is busy (call it before adding requests)")
+        t0 = time.perf_counter()
+        row = self._row_state(Request(prompt=[0], max_new_tokens=1, seed=0))
+        sharding = jax.tree.leaves(self.state)[0].sharding  # a move's index array lives with the state
+        for t in self.tiers:
+            state = self.state if t == self.tier else self._tier_shapes(t)
+            self._loop_exe(state)
+            self._insert_exe(state, row)
+            self._release_exe(self._base(state))
+            if self.speculative and self.engine.fallback is not None:
+                self._incremental_exe(self._base(state))
+            for u in self.tiers:
+                if u != t:
+                    self._move_exe(state, jax.ShapeDtypeStruct((u,), jnp.int32, sharding=sharding))
+        return time.perf_counter() - t0
+
+    def _tier_shapes(self, tier: int):
+        """The state's shapes at `tier` rows (ShapeDtypeStructs with the state's shardings)."""
+        index = jax.ShapeDtypeStruct((tier,), jnp.int32)
+        fn = (functools.partial(row_tiers_lib.move_spec_rows, cfg=self.cfg) if self.speculative
+              else row_tiers_lib.move_decode_rows)
+        out = jax.eval_shape(fn, self.state, index)
+        return jax.tree.map(lambda o, x: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=x.sharding,
+                                                              weak_type=o.weak_type), out, self.state)
+
     def _fill(self, b: int, req: Request) -> None:
         row = self._row_state(req)
-        if self.speculative:
-            exe = self.engine._executable("insert_spec", insert_spec_row, (self.state, row, _ROW), dict(cfg=self.cfg))
-        else:
-            exe = self.engine._executable("insert", insert_decode_row, (self.state, row, _ROW), {})
-        self.state = exe(self.state, row, jnp.int32(b))
+        self.state = self._insert_exe(self.state, row)(self.state, row, jnp.int32(b))
         self.active[b] = req
         self.sent[b] = 0
         self.started[b] = time.perf_counter()
@@ -235,8 +305,7 @@ class Batcher:
 
     def _release(self, b: int) -> None:
         base = self._base()
-        exe = self.engine._executable("release", release_row, (base, _ROW), {})
-        base = exe(base, jnp.int32(b))
+        base = self._release_exe(base)(base, jnp.int32(b))
         self.state = self.state.replace(base=base) if self.speculative else base
 
     # -- the queue -------------------------------------------------------------------------
@@ -273,7 +342,8 @@ class Batcher:
                 if admissible == self.rows - len(self.active) or req.sampling != self.sampling:
                     break
                 admissible += not req.cancelled
-        self._fit(len(self.active) + admissible)
+            left = sum(not r.cancelled for r in self.waiting) > admissible  # some still wait after this call
+        self._fit(len(self.active) + admissible, left)
         with self.lock:
             todo = []
             free = [b for b in range(self.tier) if b not in self.active]
@@ -286,19 +356,24 @@ class Batcher:
         for b, req in todo:
             self._fill(b, req)
 
-    def _fit(self, n: int) -> None:
-        """Moves the state to the smallest tier holding n rows (nothing when n is 0: idle)."""
+    def _fit(self, n: int, waiting: bool = False) -> None:
+        """Moves the state to the smallest tier holding n rows (the active and about-to-be-admitted
+        requests): growing at once; shrinking only once smaller tiers have held every request for
+        shrink_after calls in a row with nothing left waiting, then to the largest tier those calls
+        needed (an idle call, n = 0, needs the smallest). A row that finishes just before the next
+        request comes so moves nothing: each move copies the whole state."""
         tier = row_tiers_lib.tier_for(n, self.tiers)
-        if n == 0 or tier == self.tier:
+        if tier < self.tier and not waiting:
+            self._calls_small, self._need = self._calls_small + 1, max(self._need, tier)
+            if self._calls_small < self.shrink_after:
+                return
+            tier = self._need
+        self._calls_small, self._need = 0, 0
+        if tier == self.tier or (tier < self.tier and waiting):
             return
         rows = sorted(self.active)  # row order kept: the active rows become rows 0 .. len - 1
         index = jnp.asarray(row_tiers_lib.move_index(rows, tier))
-        if self.speculative:
-            exe = self.engine._executable("move_spec", row_tiers_lib.move_spec_rows, (self.state, index),
-                                          dict(cfg=self.cfg))
-        else:
-            exe = self.engine._executable("move", row_tiers_lib.move_decode_rows, (self.state, index), {})
-        self.state = exe(self.state, index)
+        self.state = self._move_exe(self.state, index)(self.state, index)
         self.active = {i: self.active[b] for i, b in enumerate(rows)}
         for per_row in (self.sent, self.started):
             per_row[:len(rows)] = per_row[rows]
@@ -315,14 +390,10 @@ class Batcher:
 
     # -- running ---------------------------------------------------------------------------
     def _exe(self):
+        exe = self._loop_exe(self.state)
         if self.speculative:
             params = self.engine.drafter_params()
-            exe = self.engine._executable("spec_cb", spec_until_finish,
-                                          (self.engine.llm.params, params, self.state, _STEPS), dict(cfg=self.cfg))
             return lambda st, n: exe(self.engine.llm.params, params, st, n)
-        static = dict(cfg=self.engine.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos)
-        exe = self.engine._executable("incremental_cb", incremental_until_finish,
-                                      (self.engine.llm.params, self.state, _STEPS), static)
         return lambda st, n: exe(self.engine.llm.params, st, n)
 
     def _watched(self, call):
@@ -333,10 +404,8 @@ class Batcher:
         if not self.speculative or self.engine.fallback is None:
             return call
         if self.watch is None:
-            static = dict(cfg=self.engine.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos)
             params = self.engine.llm.params
-            exe = lambda base: self.engine._executable("incremental_cb", incremental_until_finish,
-                                                       (params, base, _STEPS), static)
+            exe = self._incremental_exe
 
             def inc(base):  # compiled now for this tier; the call finds the tier it is given (row tiers)
                 exe(base)

@@ -140,8 +140,9 @@ def run_schedule(batcher, arrivals: dict, results: dict) -> list[int]:
     return tiers
 
 
-# call -> requests arriving then (incremental decoding goes through tiers 1, 4, 1, 2, 4, 2, 1, 2, 1)
-ARRIVALS = {0: [0], 2: [1, 2, 3], 3: [4], 14: [5], 16: [6], 18: [7, 8, 9, 10], 40: [11], 41: [12]}
+# call -> requests arriving then (incremental decoding goes through tiers 1, 4, 1, 2, 4, 2, 1, 2, 1, 2,
+# speculative 1, 4, 1, 4, 1, 4, 1, 4; each shrink SHRINK_AFTER_CALLS calls after the smaller tier would do)
+ARRIVALS = {0: [0], 2: [1, 2, 3], 3: [4], 20: [5], 22: [6], 24: [7, 8, 9, 10], 40: [11], 41: [12], 55: [13, 14]}
 
 
 @pytest.mark.parametrize("speculative", [False, True])
@@ -149,7 +150,9 @@ def test_row_tiers_grow_and_shrink_exactly_and_compile_once_per_tier(llm, alone,
     """Row tiers (incremental: 1, 2, 4 rows of 4; speculative: 1 and 4, one loop compile fewer):
     requests arriving and finishing move the batch between tiers several times (the SSM's cache moves
     with its rows, the shared recycling table stays); every request's greedy output equals its output
-    alone; the loop compiles once per tier, and a second wave of the same traffic compiles nothing."""
+    alone; the loop compiles once per tier, and a second wave of the same traffic compiles nothing.
+    Incremental compiles each tier at its first use; speculative compiles them all first
+    (Batcher.precompile, as `specjax serve` does), and then the traffic compiles nothing but prefills."""
     if speculative:  # the speculative test's engine: its 4-row loop is compiled already
         ssm = LoadedModel(perturbed(llm.params, 0.05, 1), CFG)
         engine = Engine(llm, [ssm], TreeConfig(expansion=(2, 1, 1), num_ssms=1),
@@ -159,8 +162,13 @@ def test_row_tiers_grow_and_shrink_exactly_and_compile_once_per_tier(llm, alone,
     b = batching.Batcher(engine, speculative, 4, SLOTS, EOS, steps_per_call=2,
                          row_tiers=(1,) if speculative else True)
     assert b.tiers == ((1, 4) if speculative else (1, 2, 4)) and b.tier == 1
+    if speculative:
+        assert b.precompile() > 0
+    precompiled = {key for key in engine._compiled if key[0] != "prefill"}
     got: dict = {}
     tiers = run_schedule(b, ARRIVALS, got)
+    if speculative:
+        assert {key for key in engine._compiled if key[0] != "prefill"} == precompiled
     assert set(tiers) == set(b.tiers) and b.grows >= 3 and b.shrinks >= 3, tiers
     for i, r in got.items():
         assert r.token_ids == alone[i].token_ids and r.finish_reason == alone[i].finish_reason, i
@@ -174,6 +182,31 @@ def test_row_tiers_grow_and_shrink_exactly_and_compile_once_per_tier(llm, alone,
     again: dict = {}
     assert run_schedule(b, ARRIVALS, again) and set(engine._compiled) == compiled  # nothing new
     assert all(again[i].token_ids == got[i].token_ids for i in got)
+
+
+@pytest.mark.parametrize("shrink_after", [1, batching.SHRINK_AFTER_CALLS])
+def test_a_row_finishing_just_before_the_next_request_moves_nothing(llm, shrink_after):
+    """Two rows busy (tier 2), one finishes, the next request comes one call later: with the default
+    hysteresis the batch stays at tier 2 (no move); shrinking at once (shrink_after=1, what the tiers
+    did before) shrinks to 1 and grows back. Output is exact either way."""
+    engine = Engine(llm)
+    b = batching.Batcher(engine, False, 2, SLOTS, EOS, steps_per_call=2, row_tiers=True, shrink_after=shrink_after)
+    got: dict = {}
+
+    def add(i, n):
+        b.add(batching.Request(prompt=PROMPTS[i], max_new_tokens=n, index=i, on_done=lambda r: got.__setitem__(i, r)))
+    add(0, 20), add(1, 2)
+    while 1 not in got:
+        b.step()
+    assert 0 not in got and (b.tier, b.grows, b.shrinks) == (2, 1, 0)
+    b.step()  # the next request is not there yet
+    add(2, 4)
+    b.step()
+    assert (b.grows, b.shrinks) == ((1, 0) if shrink_after > 1 else (2, 1)) and b.tier == 2
+    b.run()
+    for i, n in ((0, 20), (1, 2), (2, 4)):
+        [a] = batching.generate(engine, [PROMPTS[i]], n, False, rows=1, eos_ids=EOS, num_slots=SLOTS)
+        assert got[i].token_ids == a.token_ids and got[i].finish_reason == a.finish_reason
 
 
 def test_row_tier_sizes_and_move_index():
