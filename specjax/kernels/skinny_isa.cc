@@ -84,19 +84,14 @@ constexpr int P = NB / W;  // registers per panel row
 // row's result does not depend on how many rows share the call (a tree verification computes the same
 // floats as an incremental step). Few rows leave the FMA units idle, but they are far faster than
 // memory then.
-template <int R, typename WT>
-static inline __attribute__((always_inline)) void tile(const float* __restrict x, int64_t ldx,
-                                                      const WT* __restrict panel, int64_t K,
-                                                      float* __restrict y, int64_t ldy, int nc) {
-  vec acc[R][P];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int j = 0; j < P; ++j) acc[r][j] = vzero();
-  for (int64_t k = 0; k < K; ++k) {
-    // Keep the memory stream busy while the FMAs run: fetch the panel 4 KB ahead (a k row of a
-    // float panel is one 64-byte line).
-    __builtin_prefetch(panel + (k + SKINNY_PREFETCH) * NB);
+// acc[r][:] += sum_{k0 <= k < k1} x[r, k] * panel[k, 0:16] for r < R, one FMA chain per output over k
+// in order; the panel is prefetched `ahead` k rows on (a k row of a float panel is one 64-byte line),
+// to keep the memory stream busy while the FMAs run.
+template <int R, int64_t ahead, typename WT>
+static inline __attribute__((always_inline)) void fma_rows(vec (&acc)[R][P], const float* __restrict x, int64_t ldx,
+                                                          const WT* __restrict panel, int64_t k0, int64_t k1) {
+  for (int64_t k = k0; k < k1; ++k) {
+    __builtin_prefetch(panel + (k + ahead) * NB);
     vec w[P];
 #pragma GCC unroll 16
     for (int j = 0; j < P; ++j) w[j] = vload(panel + k * NB + j * W);
@@ -107,6 +102,23 @@ static inline __attribute__((always_inline)) void tile(const float* __restrict x
       for (int j = 0; j < P; ++j) acc[r][j] = vfma(xb, w[j], acc[r][j]);
     }
   }
+}
+
+// y[r, 0:nc] = sum_k x[r, k] * panel[k, 0:nc] for r < R: R x P accumulators stay in registers while
+// the panel streams through once. Each output is one FMA chain over k in order, whatever R is, so a
+// row's result does not depend on how many rows share the call (a tree verification computes the same
+// floats as an incremental step). Few rows leave the FMA units idle, but they are far faster than
+// memory then.
+template <int R, typename WT>
+static inline __attribute__((always_inline)) void tile(const float* __restrict x, int64_t ldx,
+                                                      const WT* __restrict panel, int64_t K,
+                                                      float* __restrict y, int64_t ldy, int nc) {
+  vec acc[R][P];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int j = 0; j < P; ++j) acc[r][j] = vzero();
+  fma_rows<R, SKINNY_PREFETCH>(acc, x, ldx, panel, 0, K);  // 4 KB ahead
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     if (nc == NB) {
@@ -131,19 +143,8 @@ static inline __attribute__((always_inline)) void tile_k(const float* __restrict
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int j = 0; j < P; ++j) acc[r][j] = k0 == 0 ? vzero() : vload(acc_buf + r * NB + j * W);
-  for (int64_t k = k0; k < k1; ++k) {
-    // Ahead of the block, so the memory stream keeps going while later tiles reuse it from L1.
-    __builtin_prefetch(panel + (k + SKINNY_PREFETCH_BLOCKED) * NB);
-    vec w[P];
-#pragma GCC unroll 16
-    for (int j = 0; j < P; ++j) w[j] = vload(panel + k * NB + j * W);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const vec xb = vset1(x[r * ldx + k]);
-#pragma GCC unroll 16
-      for (int j = 0; j < P; ++j) acc[r][j] = vfma(xb, w[j], acc[r][j]);
-    }
-  }
+  // Ahead of the block, so the memory stream keeps going while later tiles reuse it from L1.
+  fma_rows<R, SKINNY_PREFETCH_BLOCKED>(acc, x, ldx, panel, k0, k1);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
