@@ -65,6 +65,9 @@ def main(argv=None) -> int:
                     help="the feature SSM measured as drafter 'feature' (default: the shipped one; skipped if absent)")
     ap.add_argument("--merged", action="store_true", help="measure merged mixes (see above) instead of each drafter alone")
     ap.add_argument("--merged-drafters", default="feature,recycle,lookup")
+    ap.add_argument("--only", default=None,
+                    help="measure only these drafters alone (comma list, e.g. feature after retraining it); with "
+                         "--write the file's other entries are kept")
     args = ap.parse_args(argv)
     per_file = [read_texts(f)[args.skip: args.skip + -(-args.count // len(args.prompts))] for f in args.prompts]
     texts = [t for group in zip(*per_file) for t in group][: args.count]
@@ -87,6 +90,18 @@ def main(argv=None) -> int:
     out = {"llm": "SmolLM2-135M-Instruct (default)", "prompts": f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved",
            "max_new_tokens": args.max_new_tokens, "date": time.strftime("%Y-%m-%d"), "shapes": {},
            "rates": {}, "node_acceptance": {}, "mat": {}}
+    if args.only:
+        only = args.only.split(",")
+        missing = sorted(set(only) - set(runs))
+        if missing:
+            raise SystemExit(f"--only: no drafter {missing} here (have {sorted(runs)})")
+        runs = {n: e for n, e in runs.items() if n in only}
+        if acceptance.SHIPPED.is_file():  # the others as shipped; the prompts must be the same ones
+            old = json.loads(acceptance.SHIPPED.read_text())
+            if (old.get("prompts"), old.get("max_new_tokens")) != (out["prompts"], out["max_new_tokens"]):
+                raise SystemExit(f"--only: the shipped file was measured on {old.get('prompts')} with "
+                                 f"{old.get('max_new_tokens')} new tokens; use the same --count/--skip/--max-new-tokens")
+            out = dict(old, date=out["date"])
     for name, engine in runs.items():
         d = engine.drafters[0]
         hits = np.zeros(1 + d.topology.num_nodes)

@@ -119,7 +119,16 @@ def cmd_train(args) -> int:
     load = lambda: fdata.load_many(dirs, llm.cfg, TAPS)
     data = load()
     d2t_path = out / "d2t.npy"
-    if d2t_path.is_file():
+    init = None
+    if args.init:  # warm start: the architecture and draft vocabulary are the checkpoint's
+        init, cfg, d2t = fm.load(args.init, llm.cfg, fdata.llm_fingerprint(llm.cfg))
+        if d2t_path.is_file() and not np.array_equal(np.load(d2t_path), d2t):
+            print(f"error: {d2t_path} holds another draft vocabulary than {args.init}", file=sys.stderr)
+            return 2
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(d2t_path, d2t)
+        log(f"warm start from {args.init}: {cfg.draft_vocab}-token draft vocabulary, {cfg.layer.num_layers} layer(s)")
+    elif d2t_path.is_file():
         d2t = np.load(d2t_path)
     else:
         _, refs = reference_pairs(llm.tokenizer, 20000, 1 << 20, skip=0)  # reference answers: counts, no LLM pass
@@ -128,10 +137,13 @@ def cmd_train(args) -> int:
                                             extra_counts=extra)
         np.save(d2t_path, d2t)
         log(f"draft vocabulary: {len(d2t)} tokens cover {coverage:.3f} of the {int(data.mask.sum())} generated tokens")
-    cfg = fm.make_config(llm.cfg, TAPS, len(d2t), num_layers=args.layers, intermediate=args.intermediate,
-                         fingerprint=fdata.llm_fingerprint(llm.cfg))
     embed = np.asarray(llm.params["embed"])
-    params = fm.init_params(cfg, jax.random.PRNGKey(args.seed), embed, d2t)
+    if init is None:
+        cfg = fm.make_config(llm.cfg, TAPS, len(d2t), num_layers=args.layers, intermediate=args.intermediate,
+                             fingerprint=fdata.llm_fingerprint(llm.cfg))
+        params = fm.init_params(cfg, jax.random.PRNGKey(args.seed), embed, d2t)
+    else:
+        params = init
     tcfg = ftrain.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, passes=args.passes,
                               seed=args.seed, checkpoint_every=args.checkpoint_every)
     log(f"{len(data)} samples; {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M parameters; {tcfg}")
@@ -198,6 +210,9 @@ def main(argv=None) -> int:
     t.add_argument("--draft-vocab", type=int, default=4096)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=50)
+    t.add_argument("--init", default=None,
+                   help="warm start from this feature SSM checkpoint (its architecture and draft vocabulary; "
+                        "--layers/--intermediate/--draft-vocab are then not used)")
     t.add_argument("--follow-data", action="store_true",
                    help="re-read the data directory at every checkpoint (while `data` still runs)")
     e = sub.add_parser("eval")
