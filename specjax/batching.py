@@ -262,17 +262,32 @@ class Batcher:
                                            dict(cfg=self.cfg))
         return self._incremental_exe(state)
 
-    def precompile(self) -> float:
+    def precompile(self, samplings: Sequence[SamplingConfig] = ()) -> float:
         """Compiles now what every tier runs, instead of at its first use (while other requests
-        wait): the loop for the batch's sampling config, a row's insert and release, the moves
-        between every pair of tiers, and (speculative, watched by the engine's fallback) the
-        incremental loop a watch may switch to. Returns the seconds it took. Shapes only: no other
-        tier's state is built (one dummy row is prefilled). Requests with another sampling config still
-        compile their loop when they come. Call it while the batcher is idle."""
+        wait): the loop, a row's insert and release, the moves between every pair of tiers, and
+        (speculative, watched by the engine's fallback) the incremental loop a watch may switch to;
+        for the batch's sampling config and each of `samplings` (the loop is static in it: requests
+        with yet another config compile theirs when they come). Returns the seconds it took. Shapes
+        only: no other tier's state is built (one dummy row is prefilled per config). Call it while
+        the batcher is idle."""
         if self.busy:
             raise EngineError("precompile: the batcher is busy (call it before adding requests)")
         t0 = time.perf_counter()
-        row = self._row_state(Request(prompt=[0], max_new_tokens=1, seed=0))
+        keep = (self.sampling, self.cfg if self.speculative else None)
+        try:
+            for s in dict.fromkeys((self.sampling, *samplings)):
+                self.sampling = s
+                if self.speculative:
+                    self.cfg = dataclasses.replace(keep[1], sampling=s)
+                self._precompile_tiers()
+        finally:
+            self.sampling = keep[0]
+            if self.speculative:
+                self.cfg = keep[1]
+        return time.perf_counter() - t0
+
+    def _precompile_tiers(self) -> None:
+        row = self._row_state(Request(prompt=[0], max_new_tokens=1, sampling=self.sampling, seed=0))
         sharding = jax.tree.leaves(self.state)[0].sharding  # a move's index array lives with the state
         for t in self.tiers:
             state = self.state if t == self.tier else self._tier_shapes(t)
@@ -284,7 +299,6 @@ class Batcher:
             for u in self.tiers:
                 if u != t:
                     self._move_exe(state, jax.ShapeDtypeStruct((u,), jnp.int32, sharding=sharding))
-        return time.perf_counter() - t0
 
     def _tier_shapes(self, tier: int):
         """The state's shapes at `tier` rows (ShapeDtypeStructs with the state's shardings)."""

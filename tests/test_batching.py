@@ -11,6 +11,7 @@ from conftest import perturbed
 from specjax import batching, model
 from specjax.config import ModelConfig
 from specjax.engine import Engine, EngineError, LoadedModel
+from specjax.sampling import SamplingConfig
 from specjax.streaming import StopText, TextDelta
 from specjax.tree import TreeConfig
 
@@ -207,6 +208,27 @@ def test_a_row_finishing_just_before_the_next_request_moves_nothing(llm, shrink_
     for i, n in ((0, 20), (1, 2), (2, 4)):
         [a] = batching.generate(engine, [PROMPTS[i]], n, False, rows=1, eos_ids=EOS, num_slots=SLOTS)
         assert got[i].token_ids == a.token_ids and got[i].finish_reason == a.finish_reason
+
+
+def test_precompile_covers_every_tier_and_the_sampling_configs_given(llm):
+    """Batcher.precompile(samplings) compiles each tier's executables for the batch's config and the
+    ones given: sampled requests then grow the batch (1 -> 2 rows) compiling nothing but prefills,
+    and draw what they draw alone (same seed and index)."""
+    engine = Engine(llm)
+    s = SamplingConfig(temperature=1.0)
+    b = batching.Batcher(engine, False, 2, SLOTS, EOS, steps_per_call=2, row_tiers=True)
+    assert b.precompile([s]) > 0 and b.sampling == SamplingConfig()
+    compiled = {key for key in engine._compiled if key[0] != "prefill"}
+    got: dict = {}
+    for i in (3, 4):
+        b.add(batching.Request(prompt=PROMPTS[i], max_new_tokens=MAX_NEW[i], sampling=s, seed=7, index=i,
+                               on_done=lambda r, i=i: got.__setitem__(i, r)))
+    b.run()
+    assert b.grows == 1 and {key for key in engine._compiled if key[0] != "prefill"} == compiled
+    for i in (3, 4):
+        [a] = batching.generate(engine, [PROMPTS[i]], MAX_NEW[i], False, rows=1, sampling=s, seed=7, eos_ids=EOS,
+                                num_slots=SLOTS, first_index=i)
+        assert got[i].token_ids == a.token_ids
 
 
 def test_row_tier_sizes_and_move_index():
