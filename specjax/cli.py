@@ -257,6 +257,9 @@ def _add_serve(sub):
     p.add_argument("--row-tiers", action=argparse.BooleanOptionalAction, default=True,
                    help="run the batch at the smallest of 1, 2, 4, .. --batch-size rows that holds the active "
                         "requests (one loop compiled per tier); --no-row-tiers: always --batch-size rows")
+    p.add_argument("--precompile", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile every row tier's loop and row moves before listening (startup takes longer; "
+                        "no stream then waits for a compile); --no-precompile: compile each on first use")
     p.add_argument("--model-name", default=None,
                    help="the model id clients name (default: the --llm directory's name, or specjax-default)")
     p.add_argument("--weight-dtype", choices=["float32", "bfloat16"], default="float32", help="as for generate")
@@ -287,7 +290,7 @@ def cmd_serve(args) -> int:
         slots = SERVE_SLOTS if limit is None else min(SERVE_SLOTS, limit[0])
     name = args.model_name or (Path(args.llm).name if args.llm else "specjax-default")
     server.serve(gen, args.host, args.port, args.batch_size, slots, name, args.steps_per_call,
-                 row_tiers=args.row_tiers)
+                 row_tiers=args.row_tiers, precompile=args.precompile)
     return 0
 
 

@@ -32,6 +32,7 @@ from specjax.streaming import StopText, TextDelta
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 STREAM_TARGET_SECONDS = 0.1  # the loop returns to the host (and streams) about this often
 FINISH = {"eos": "stop", "max_new_tokens": "length", "length": "length", "cancelled": "stop"}
+DEFAULT_SAMPLING = SamplingConfig(temperature=1.0)  # a request that names no temperature (OpenAI's default)
 
 
 class BadRequest(ValueError):
@@ -364,8 +365,12 @@ def build_app(gen, worker: Worker, model_name: str):
 
 
 def serve(gen, host: str, port: int, rows: int, num_slots: int, model_name: str,
-          steps_per_call: int | None = None, log_level: str = "info", row_tiers: bool = True) -> None:
-    """Runs the server until SIGINT / SIGTERM (uvicorn's handlers: open responses finish first)."""
+          steps_per_call: int | None = None, log_level: str = "info", row_tiers: bool = True,
+          precompile: bool = True) -> None:
+    """Runs the server until SIGINT / SIGTERM (uvicorn's handlers: open responses finish first).
+    precompile: compile every row tier's executables (Batcher.precompile) before listening, for
+    greedy requests and those that name no temperature (DEFAULT_SAMPLING), so no stream waits for a
+    compile when the batch first grows to a tier (another sampling config compiles on first use)."""
     import contextlib
     import signal
 
@@ -389,6 +394,11 @@ def serve(gen, host: str, port: int, rows: int, num_slots: int, model_name: str,
     worker = Worker(gen, rows, num_slots, steps_per_call, row_tiers)
     app = build_app(gen, worker, model_name)
     tiers = "row tiers " + ",".join(map(str, worker.batcher.tiers)) if row_tiers else "no row tiers"
+    if precompile:
+        print(f"specjax serve: compiling {tiers} for greedy and temperature-1 requests ...", file=sys.stderr,
+              flush=True)
+        seconds = worker.batcher.precompile([DEFAULT_SAMPLING])
+        print(f"specjax serve: compiled in {seconds:.1f}s", file=sys.stderr, flush=True)
     print(f"specjax serve: {model_name} on http://{host}:{port} ({rows} rows x {num_slots} cache slots, {tiers}, "
           f"mode {gen.mode})", file=sys.stderr, flush=True)
     Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)).run()
