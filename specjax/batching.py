@@ -26,8 +26,9 @@ batcher grows (active rows copied into a bigger state) at once, or shrinks (acti
 the first rows of a smaller one) once a smaller tier has sufficed for a few calls in a row with nothing
 waiting (SHRINK_AFTER_CALLS: a row finishing just before the next request arrives moves nothing); row
 numbers change, requests keep their rows' contents and their order. Each tier compiles its loop once,
-at its first use or all at once in Batcher.precompile (what `specjax serve` does before it is ready),
-so a lightly loaded batch computes one or two rows, not B.
+so a lightly loaded batch computes one or two rows, not B: at its first use, all at once in
+Batcher.precompile, or one executable at a time while the batcher is idle (precompile_when_idle and
+compile_next: what `specjax serve` does by default, on its engine thread between polls).
 """
 
 from __future__ import annotations
@@ -127,6 +128,13 @@ def release_row(state: DecodeState, b) -> DecodeState:
 # ----------------------------------------------------------------------------- host side
 
 
+def _name(s: SamplingConfig) -> str:
+    if s.temperature == 0:
+        return "greedy"
+    return ", ".join([f"temperature {s.temperature:g}"] + [f"top_k {s.top_k}"] * (s.top_k > 0)
+                     + [f"top_p {s.top_p:g}"] * (s.top_p < 1))
+
+
 @dataclasses.dataclass(eq=False)
 class Request:
     """One generation request.
@@ -198,6 +206,8 @@ class Batcher:
         self._n = steps_per_call or FIRST_STEPS
         self.t0 = time.perf_counter()
         self.c0 = engine.compile_seconds
+        self.to_compile: collections.deque = collections.deque()  # (label, spec) for compile_next
+        self.idle_compiled, self.idle_compile_seconds = 0, 0.0  # what compile_next compiled, and its time
 
     # -- building rows ---------------------------------------------------------------------
     def _empty_state(self, seed: int):
@@ -235,70 +245,108 @@ class Batcher:
                                              record_steps=self.record, keys=keys)
         return row
 
-    # -- the executables (one per tier; state may be arrays or ShapeDtypeStructs) --------------
-    def _insert_exe(self, state, row):
+    # -- the executables (one per tier and sampling config) ----------------------------------
+    # Each _*_spec returns (name, jitted fn, args, static) for Engine._executable; state may be arrays
+    # or ShapeDtypeStructs (a tier's shapes: compiled ahead of use, see compile_plan).
+    def _cfg(self, sampling: SamplingConfig) -> SpecConfig:
+        return self.cfg if self.cfg.sampling == sampling else dataclasses.replace(self.cfg, sampling=sampling)
+
+    def _insert_spec(self, state, row, sampling: SamplingConfig):
         if self.speculative:
-            return self.engine._executable("insert_spec", insert_spec_row, (state, row, _ROW), dict(cfg=self.cfg))
-        return self.engine._executable("insert", insert_decode_row, (state, row, _ROW), {})
+            return "insert_spec", insert_spec_row, (state, row, _ROW), dict(cfg=self._cfg(sampling))
+        return "insert", insert_decode_row, (state, row, _ROW), {}
 
-    def _release_exe(self, base):
-        return self.engine._executable("release", release_row, (base, _ROW), {})
+    def _release_spec(self, base):
+        return "release", release_row, (base, _ROW), {}
 
-    def _move_exe(self, state, index):
+    def _move_spec(self, state, index, sampling: SamplingConfig):
         if self.speculative:
-            return self.engine._executable("move_spec", row_tiers_lib.move_spec_rows, (state, index),
-                                           dict(cfg=self.cfg))
-        return self.engine._executable("move", row_tiers_lib.move_decode_rows, (state, index), {})
+            return "move_spec", row_tiers_lib.move_spec_rows, (state, index), dict(cfg=self._cfg(sampling))
+        return "move", row_tiers_lib.move_decode_rows, (state, index), {}
 
-    def _incremental_exe(self, base):
-        static = dict(cfg=self.engine.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos)
-        return self.engine._executable("incremental_cb", incremental_until_finish,
-                                       (self.engine.llm.params, base, _STEPS), static)
+    def _incremental_spec(self, base, sampling: SamplingConfig):
+        static = dict(cfg=self.engine.llm.cfg, sampling_cfg=sampling, eos_ids=self.eos)
+        return "incremental_cb", incremental_until_finish, (self.engine.llm.params, base, _STEPS), static
 
-    def _loop_exe(self, state):
+    def _loop_spec(self, state, sampling: SamplingConfig):
         if self.speculative:
-            return self.engine._executable("spec_cb", spec_until_finish,
-                                           (self.engine.llm.params, self.engine.drafter_params(), state, _STEPS),
-                                           dict(cfg=self.cfg))
-        return self._incremental_exe(state)
+            args = (self.engine.llm.params, self.engine.drafter_params(), state, _STEPS)
+            return "spec_cb", spec_until_finish, args, dict(cfg=self._cfg(sampling))
+        return self._incremental_spec(state, sampling)
+
+    def _executable(self, spec):
+        return self.engine._executable(*spec)
+
+    # -- compiling ahead of use --------------------------------------------------------------
+    def compile_plan(self, samplings: Sequence[SamplingConfig] = ()) -> list[tuple[str, tuple]]:
+        """(label, spec) of each executable the row tiers run that is not compiled yet, for the batch's
+        sampling config and each of `samplings` (the loop, and speculative inserts and moves, are static
+        in it): each tier's loop, a row's insert and release and (speculative, watched by the engine's
+        fallback) the incremental loop a watch may switch to, and the moves between tiers. Smallest
+        tiers first (a lone client needs tier 1 only), each with the moves to and from the tier below
+        it; the moves between tiers further apart (a burst that skips a tier, a shrink by several)
+        last. Shapes only: no tier's state is built, no row prefilled."""
+        sampling = list(dict.fromkeys((self.sampling, *samplings)))
+        shapes = {t: self._tier_shapes(t) for t in self.tiers}
+        row = shapes[1] if 1 in shapes else self._tier_shapes(1)  # a request's row: a 1-row state
+        sharding = jax.tree.leaves(self.state)[0].sharding  # a move's index array lives with the state
+        index = lambda u: jax.ShapeDtypeStruct((u,), jnp.int32, sharding=sharding)
+        move = lambda t, u, s: (f"move {t} -> {u} rows ({_name(s)})", self._move_spec(shapes[t], index(u), s))
+        plan = []
+        for i, t in enumerate(self.tiers):
+            for s in sampling:
+                plan += [(f"tier {t} loop ({_name(s)})", self._loop_spec(shapes[t], s)),
+                         (f"tier {t} insert ({_name(s)})", self._insert_spec(shapes[t], row, s)),
+                         (f"tier {t} release", self._release_spec(self._base(shapes[t])))]
+                if self.speculative and self.engine.fallback is not None:
+                    plan.append((f"tier {t} fallback loop ({_name(s)})",
+                                 self._incremental_spec(self._base(shapes[t]), s)))
+                if i > 0:
+                    plan += [move(self.tiers[i - 1], t, s), move(t, self.tiers[i - 1], s)]
+        for i, t in enumerate(self.tiers):
+            for u in self.tiers[i + 2:]:
+                plan += [move(t, u, s) for s in sampling] + [move(u, t, s) for s in sampling]
+        seen = set(self.engine._compiled)
+        out = []
+        for label, (name, fn, args, static) in plan:
+            key = self.engine._key(name, args, static)
+            if key not in seen:  # an insert or move of incremental decoding serves every config
+                seen.add(key)
+                out.append((label, (name, fn, args, static)))
+        return out
 
     def precompile(self, samplings: Sequence[SamplingConfig] = ()) -> float:
-        """Compiles now what every tier runs, instead of at its first use (while other requests
-        wait): the loop, a row's insert and release, the moves between every pair of tiers, and
-        (speculative, watched by the engine's fallback) the incremental loop a watch may switch to;
-        for the batch's sampling config and each of `samplings` (the loop is static in it: requests
-        with yet another config compile theirs when they come). Returns the seconds it took. Shapes
-        only: no other tier's state is built (one dummy row is prefilled per config). Call it while
-        the batcher is idle."""
+        """Compiles now everything compile_plan(samplings) lists, instead of at its first use (while
+        other requests wait). Returns the seconds it took. Call it while the batcher is idle;
+        precompile_when_idle spreads the same work over the batcher's idle time instead."""
         if self.busy:
             raise EngineError("precompile: the batcher is busy (call it before adding requests)")
         t0 = time.perf_counter()
-        keep = (self.sampling, self.cfg if self.speculative else None)
-        try:
-            for s in dict.fromkeys((self.sampling, *samplings)):
-                self.sampling = s
-                if self.speculative:
-                    self.cfg = dataclasses.replace(keep[1], sampling=s)
-                self._precompile_tiers()
-        finally:
-            self.sampling = keep[0]
-            if self.speculative:
-                self.cfg = keep[1]
+        for _, spec in self.compile_plan(samplings):
+            self._executable(spec)
         return time.perf_counter() - t0
 
-    def _precompile_tiers(self) -> None:
-        row = self._row_state(Request(prompt=[0], max_new_tokens=1, sampling=self.sampling, seed=0))
-        sharding = jax.tree.leaves(self.state)[0].sharding  # a move's index array lives with the state
-        for t in self.tiers:
-            state = self.state if t == self.tier else self._tier_shapes(t)
-            self._loop_exe(state)
-            self._insert_exe(state, row)
-            self._release_exe(self._base(state))
-            if self.speculative and self.engine.fallback is not None:
-                self._incremental_exe(self._base(state))
-            for u in self.tiers:
-                if u != t:
-                    self._move_exe(state, jax.ShapeDtypeStruct((u,), jnp.int32, sharding=sharding))
+    def precompile_when_idle(self, samplings: Sequence[SamplingConfig] = ()) -> int:
+        """Queues compile_plan(samplings) for compile_next: one executable at a time, whenever the
+        batcher is idle. Returns how many are queued."""
+        self.to_compile = collections.deque(self.compile_plan(samplings))
+        return len(self.to_compile)
+
+    def compile_next(self) -> bool:
+        """While nothing is active or waiting, compiles the next queued executable (precompile_when_idle;
+        one already compiled by traffic meanwhile is skipped). Returns whether it compiled one: a request
+        that arrives meanwhile waits for this one executable at most. Call it from the thread that
+        steps the batcher (the engine's compile cache is not thread-safe)."""
+        while self.to_compile and not self.busy:
+            label, spec = self.to_compile.popleft()
+            n = len(self.engine._compiled)
+            t0 = time.perf_counter()
+            self._executable(spec)
+            if len(self.engine._compiled) > n:
+                self.idle_compiled += 1
+                self.idle_compile_seconds += time.perf_counter() - t0
+                return True
+        return False
 
     def _tier_shapes(self, tier: int):
         """The state's shapes at `tier` rows (ShapeDtypeStructs with the state's shardings)."""
@@ -311,7 +359,8 @@ class Batcher:
 
     def _fill(self, b: int, req: Request) -> None:
         row = self._row_state(req)
-        self.state = self._insert_exe(self.state, row)(self.state, row, jnp.int32(b))
+        exe = self._executable(self._insert_spec(self.state, row, self.sampling))
+        self.state = exe(self.state, row, jnp.int32(b))
         self.active[b] = req
         self.sent[b] = 0
         self.started[b] = time.perf_counter()
@@ -319,7 +368,7 @@ class Batcher:
 
     def _release(self, b: int) -> None:
         base = self._base()
-        base = self._release_exe(base)(base, jnp.int32(b))
+        base = self._executable(self._release_spec(base))(base, jnp.int32(b))
         self.state = self.state.replace(base=base) if self.speculative else base
 
     # -- the queue -------------------------------------------------------------------------
@@ -387,7 +436,7 @@ class Batcher:
             return
         rows = sorted(self.active)  # row order kept: the active rows become rows 0 .. len - 1
         index = jnp.asarray(row_tiers_lib.move_index(rows, tier))
-        self.state = self._move_exe(self.state, index)(self.state, index)
+        self.state = self._executable(self._move_spec(self.state, index, self.sampling))(self.state, index)
         self.active = {i: self.active[b] for i, b in enumerate(rows)}
         for per_row in (self.sent, self.started):
             per_row[:len(rows)] = per_row[rows]
@@ -404,7 +453,7 @@ class Batcher:
 
     # -- running ---------------------------------------------------------------------------
     def _exe(self):
-        exe = self._loop_exe(self.state)
+        exe = self._executable(self._loop_spec(self.state, self.sampling))
         if self.speculative:
             params = self.engine.drafter_params()
             return lambda st, n: exe(self.engine.llm.params, params, st, n)
@@ -419,7 +468,7 @@ class Batcher:
             return call
         if self.watch is None:
             params = self.engine.llm.params
-            exe = self._incremental_exe
+            exe = lambda base: self._executable(self._incremental_spec(base, self.sampling))
 
             def inc(base):  # compiled now for this tier; the call finds the tier it is given (row tiers)
                 exe(base)

@@ -333,10 +333,16 @@ class Engine:
         time is counted apart from run time."""
         return self._executable(name, fn, args, static)(*args)
 
+    @staticmethod
+    def _key(name: str, args: tuple, static: dict) -> tuple:
+        """The compile cache's key: the name, the static args and the arguments' shapes (arrays or
+        ShapeDtypeStructs alike)."""
+        shapes = jax.tree.map(lambda x: (x.shape, x.dtype, getattr(x, "sharding", None)), args)
+        return name, tuple(sorted(static.items(), key=lambda kv: kv[0])), jax.tree.structure(args), str(shapes)
+
     def _executable(self, name: str, fn, args: tuple, static: dict):
         """jitted fn compiled for these static args and argument shapes (cached; compile time counted)."""
-        shapes = jax.tree.map(lambda x: (x.shape, x.dtype, getattr(x, "sharding", None)), args)
-        key = (name, tuple(sorted(static.items(), key=lambda kv: kv[0])), jax.tree.structure(args), str(shapes))
+        key = self._key(name, args, static)
         exe = self._compiled.get(key)
         if exe is None:
             t0 = time.perf_counter()

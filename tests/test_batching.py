@@ -152,8 +152,9 @@ def test_row_tiers_grow_and_shrink_exactly_and_compile_once_per_tier(llm, alone,
     requests arriving and finishing move the batch between tiers several times (the SSM's cache moves
     with its rows, the shared recycling table stays); every request's greedy output equals its output
     alone; the loop compiles once per tier, and a second wave of the same traffic compiles nothing.
-    Incremental compiles each tier at its first use; speculative compiles them all first
-    (Batcher.precompile, as `specjax serve` does), and then the traffic compiles nothing but prefills."""
+    Incremental compiles each tier at its first use; speculative compiles them all first, one at a
+    time as `specjax serve` does while idle (precompile_when_idle, compile_next), and then the traffic
+    compiles nothing but prefills."""
     if speculative:  # the speculative test's engine: its 4-row loop is compiled already
         ssm = LoadedModel(perturbed(llm.params, 0.05, 1), CFG)
         engine = Engine(llm, [ssm], TreeConfig(expansion=(2, 1, 1), num_ssms=1),
@@ -164,7 +165,10 @@ def test_row_tiers_grow_and_shrink_exactly_and_compile_once_per_tier(llm, alone,
                          row_tiers=(1,) if speculative else True)
     assert b.tiers == ((1, 4) if speculative else (1, 2, 4)) and b.tier == 1
     if speculative:
-        assert b.precompile() > 0
+        assert b.precompile_when_idle() > 0 and b.compile_plan()[0][0] == "tier 1 loop (greedy)"
+        while b.compile_next():
+            pass
+        assert not b.to_compile and b.compile_plan() == [] and b.idle_compiled > 0
     precompiled = {key for key in engine._compiled if key[0] != "prefill"}
     got: dict = {}
     tiers = run_schedule(b, ARRIVALS, got)
@@ -229,6 +233,35 @@ def test_precompile_covers_every_tier_and_the_sampling_configs_given(llm):
         [a] = batching.generate(engine, [PROMPTS[i]], MAX_NEW[i], False, rows=1, sampling=s, seed=7, eos_ids=EOS,
                                 num_slots=SLOTS, first_index=i)
         assert got[i].token_ids == a.token_ids
+
+
+def test_a_request_arriving_during_the_idle_compile_waits_for_one_executable(llm, alone, monkeypatch):
+    """A request submitted while compile_next compiles (here: from inside the compile) waits for that
+    one executable, then runs (compile_next compiles nothing while it is active or waiting) and gets
+    its output alone; once the batcher is idle again the queue resumes and empties, the request's own
+    insert not compiled twice."""
+    engine = Engine(llm)
+    b = batching.Batcher(engine, False, 2, SLOTS, EOS, steps_per_call=2, row_tiers=True)
+    n = b.precompile_when_idle()
+    labels = [label for label, _ in b.to_compile]
+    assert labels[:3] == ["tier 1 loop (greedy)", "tier 1 insert (greedy)", "tier 1 release"]
+    assert labels[-2:] == ["move 1 -> 2 rows (greedy)", "move 2 -> 1 rows (greedy)"] and n == len(labels) == 8
+    got: dict = {}
+    compiling, arrived = engine._executable, []
+
+    def arrive_while_compiling(*spec):
+        if not arrived:
+            arrived.append(b.add(batching.Request(prompt=PROMPTS[2], max_new_tokens=MAX_NEW[2],
+                                                  on_done=lambda r: got.setdefault(2, r))))
+        return compiling(*spec)
+    monkeypatch.setattr(engine, "_executable", arrive_while_compiling)
+    assert b.compile_next() and b.idle_compiled == 1 and len(b.waiting) == 1
+    assert not b.compile_next() and b.idle_compiled == 1  # work waits: nothing more compiles
+    b.run()
+    assert got[2].token_ids == alone[2].token_ids and got[2].finish_reason == alone[2].finish_reason
+    while b.compile_next():
+        pass
+    assert b.idle_compiled == n - 1 and b.compile_plan() == []  # the insert compiled for the request
 
 
 def test_row_tier_sizes_and_move_index():
