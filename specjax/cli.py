@@ -257,9 +257,14 @@ def _add_serve(sub):
     p.add_argument("--row-tiers", action=argparse.BooleanOptionalAction, default=True,
                    help="run the batch at the smallest of 1, 2, 4, .. --batch-size rows that holds the active "
                         "requests (one loop compiled per tier); --no-row-tiers: always --batch-size rows")
-    p.add_argument("--precompile", action=argparse.BooleanOptionalAction, default=True,
-                   help="compile every row tier's loop and row moves before listening (startup takes longer; "
-                        "no stream then waits for a compile); --no-precompile: compile each on first use")
+    p.add_argument("--precompile", choices=["idle", "startup", "off"], default="idle",
+                   help="when every row tier's loop, row insert/release and moves compile, for greedy requests "
+                        "and those that name no temperature: idle: listen at once and compile them one at a time "
+                        "while no request is active or waiting (a request waits for one compile at most); "
+                        "startup: all before listening (minutes on a small CPU; no stream then waits for a "
+                        "compile); off: each on first use")
+    p.add_argument("--no-precompile", dest="precompile", action="store_const", const="off",
+                   help=argparse.SUPPRESS)  # the flag's earlier form: --precompile off
     p.add_argument("--model-name", default=None,
                    help="the model id clients name (default: the --llm directory's name, or specjax-default)")
     p.add_argument("--weight-dtype", choices=["float32", "bfloat16"], default="float32", help="as for generate")

@@ -4,13 +4,17 @@
            <- JSON, or server-sent events of OpenAI's chunk format, as the loop commits tokens
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (the tokenizer's chat template), both
-with "stream": true; GET /v1/models; GET /health (rows active, requests waiting, served, cancelled).
+with "stream": true; GET /v1/models; GET /health (rows active, requests waiting, served, cancelled,
+executables compiled ahead of use and still to compile).
 Request fields: model, prompt / messages, max_tokens, temperature, top_p, seed, stop (a string or up
 to 4), n (1 only), stream, stream_options.include_usage. A response has OpenAI's `usage` and a
 `specjax` field: llm_steps, mean_accepted (MAT: tokens per LLM step), finish_reason (the engine's).
 Bad input gets status 400 and OpenAI's error JSON {"error": {"message", "type", "param", "code"}}.
 
-One thread runs the engine; the event loop only queues requests and relays tokens. A client that
+One thread runs the engine; the event loop only queues requests and relays tokens. While no request
+is active or waiting, the engine thread compiles the row tiers' executables one at a time between
+polls (--precompile idle, the default; Batcher.compile_next), so the server listens at once and a
+request that arrives meanwhile waits for one compile at most. A client that
 disconnects mid-stream cancels its request: its row is freed at the loop's next return to the host.
 SIGINT / SIGTERM: uvicorn stops accepting, finishes the open responses, then the engine thread stops.
 """
@@ -42,13 +46,16 @@ class BadRequest(ValueError):
 
 
 class Worker:
-    """The engine thread: a Batcher stepped while there is work, requests submitted from any thread."""
+    """The engine thread: a Batcher stepped while there is work, requests submitted from any thread;
+    while idle, it compiles what the batcher queued (Batcher.precompile_when_idle), one at a time."""
 
     def __init__(self, gen, rows: int, num_slots: int, steps_per_call: int | None = None, row_tiers: bool = True):
         self.gen = gen
         self.batcher = Batcher(gen.engine, gen.mode == "spec", rows, num_slots, gen.eos_ids(),
                                steps_per_call=steps_per_call, target=STREAM_TARGET_SECONDS, row_tiers=row_tiers)
         self.stats = {"served": 0, "cancelled": 0, "failed": 0}
+        self.precompile = {"mode": "off", "compiled": 0, "pending": 0}  # for /health
+        self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="specjax-engine", daemon=True)
         self.error: BaseException | None = None
@@ -65,11 +72,31 @@ class Worker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if not self.batcher.step():
+                if not self.batcher.step() and not self._compile_next():
                     self.batcher.wait_for_work(0.05)
             except Exception as e:  # a failed step fails the requests in it; the server goes on
                 print(f"specjax serve: engine step failed: {e!r}", file=sys.stderr, flush=True)
                 self._fail_all(e)
+
+    def _compile_next(self) -> bool:
+        """One queued executable compiled while idle (False: none, or work arrived); a line on stderr
+        when the last is done. A failed compile stops the idle compiling: the rest compile on first use."""
+        b = self.batcher
+        if not b.to_compile:
+            return False
+        try:
+            did = b.compile_next()
+        except Exception as e:
+            b.to_compile.clear()
+            print(f"specjax serve: compiling while idle failed ({e!r}); the rest compile on first use",
+                  file=sys.stderr, flush=True)
+            did = False
+        self.precompile.update(compiled=b.idle_compiled, pending=len(b.to_compile))
+        if did and not b.to_compile:
+            print(f"specjax serve: compiled {b.idle_compiled} executables while idle ({b.idle_compile_seconds:.1f}s "
+                  f"of compiling; all done {time.perf_counter() - self._t0:.1f}s after start)", file=sys.stderr,
+                  flush=True)
+        return did
 
     def _fail_all(self, e: BaseException) -> None:
         b = self.batcher
@@ -87,7 +114,7 @@ class Worker:
     def health(self) -> dict:
         b = self.batcher
         return {"status": "ok", "rows": b.rows, "tier": b.tier, "active": len(b.active), "waiting": len(b.waiting),
-                "cache_slots": b.num_slots, **self.stats}
+                "cache_slots": b.num_slots, **self.stats, "precompile": dict(self.precompile)}
 
 
 # ----------------------------------------------------------------------------- request parsing
@@ -366,11 +393,14 @@ def build_app(gen, worker: Worker, model_name: str):
 
 def serve(gen, host: str, port: int, rows: int, num_slots: int, model_name: str,
           steps_per_call: int | None = None, log_level: str = "info", row_tiers: bool = True,
-          precompile: bool = True) -> None:
+          precompile: str = "idle") -> None:
     """Runs the server until SIGINT / SIGTERM (uvicorn's handlers: open responses finish first).
-    precompile: compile every row tier's executables (Batcher.precompile) before listening, for
-    greedy requests and those that name no temperature (DEFAULT_SAMPLING), so no stream waits for a
-    compile when the batch first grows to a tier (another sampling config compiles on first use)."""
+    precompile: when every row tier's executables (Batcher.compile_plan) compile, for greedy requests
+    and those that name no temperature (DEFAULT_SAMPLING; another sampling config compiles on first
+    use): "idle" listens at once and compiles them one at a time on the engine thread while no request
+    is active or waiting (a request arriving meanwhile waits for one compile at most); "startup" all
+    before listening (Batcher.precompile: no stream then waits for a compile when the batch first
+    grows to a tier); "off" each on first use."""
     import contextlib
     import signal
 
@@ -394,11 +424,21 @@ def serve(gen, host: str, port: int, rows: int, num_slots: int, model_name: str,
     worker = Worker(gen, rows, num_slots, steps_per_call, row_tiers)
     app = build_app(gen, worker, model_name)
     tiers = "row tiers " + ",".join(map(str, worker.batcher.tiers)) if row_tiers else "no row tiers"
-    if precompile:
+    if precompile not in ("idle", "startup", "off"):
+        raise ValueError(f"precompile must be idle, startup or off, got {precompile!r}")
+    worker.precompile["mode"] = precompile
+    if precompile == "startup":
         print(f"specjax serve: compiling {tiers} for greedy and temperature-1 requests ...", file=sys.stderr,
               flush=True)
+        n = len(worker.batcher.compile_plan([DEFAULT_SAMPLING]))
         seconds = worker.batcher.precompile([DEFAULT_SAMPLING])
-        print(f"specjax serve: compiled in {seconds:.1f}s", file=sys.stderr, flush=True)
+        worker.precompile["compiled"] = n
+        print(f"specjax serve: compiled {n} executables in {seconds:.1f}s", file=sys.stderr, flush=True)
+    elif precompile == "idle":
+        n = worker.batcher.precompile_when_idle([DEFAULT_SAMPLING])
+        worker.precompile["pending"] = n
+        print(f"specjax serve: {n} executables of {tiers} (greedy and temperature-1 requests) to compile while "
+              "idle", file=sys.stderr, flush=True)
     print(f"specjax serve: {model_name} on http://{host}:{port} ({rows} rows x {num_slots} cache slots, {tiers}, "
           f"mode {gen.mode})", file=sys.stderr, flush=True)
     Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)).run()

@@ -1,7 +1,8 @@
 """`specjax serve` in a subprocess on a free loopback port, a tiny random model, spoken to with the
 official openai client: completions and chat, streamed and not, equal to Generator's greedy output;
 32 concurrent requests through 4 rows; bad input -> OpenAI error JSON, status 400, and the server
-goes on; a client that disconnects mid-stream frees its row; SIGTERM / SIGINT shut it down cleanly."""
+goes on; a client that disconnects mid-stream frees its row; the row tiers compile while the server
+is idle (--precompile idle, the default: it listens at once); SIGTERM / SIGINT shut it down cleanly."""
 
 import concurrent.futures
 import json
@@ -184,11 +185,17 @@ def test_a_client_that_disconnects_frees_its_row(server, client):
 
 def test_sigterm_and_sigint_shut_down_cleanly(server, model_dir):
     proc, port = server
+    deadline = time.time() + 120  # the row tiers compile between the tests' requests, while it is idle
+    while (h := get(port, "/health")["precompile"])["pending"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert h["mode"] == "idle" and h["pending"] == 0 and h["compiled"] > 0, h
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     err = proc.stderr.read()
-    assert "engine stopped" in err and "compiled in" in err  # every row tier compiled before it listened
-    proc2, _ = start(model_dir, "--no-precompile")  # starts at once
+    assert "engine stopped" in err and "to compile while idle" in err and "executables while idle" in err
+    proc2, port2 = start(model_dir, "--precompile", "startup", "--batch-size", "1")  # one tier: a few compiles
+    assert get(port2, "/health")["precompile"] == {"mode": "startup", "compiled": 5, "pending": 0}
     proc2.send_signal(signal.SIGINT)
     assert proc2.wait(timeout=30) == 0
-    assert "engine stopped" in proc2.stderr.read()
+    err = proc2.stderr.read()
+    assert "engine stopped" in err and "compiled 5 executables in" in err  # before it listened
