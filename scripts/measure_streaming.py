@@ -76,13 +76,13 @@ def spec_io(llm_params, drafter_params, state, max_steps, cfg, width):
 class CallbackBatcher(Batcher):
     """A Batcher whose loop also sends each step's new tokens to the host (QUEUE)."""
 
-    def _loop_exe(self, state):
+    def _loop_spec(self, state, sampling):
         e = self.engine
         if self.speculative:
-            return e._executable("spec_io", spec_io, (e.llm.params, e.drafter_params(), state, _STEPS),
-                                 dict(cfg=self.cfg, width=self.room))
-        return e._executable("incremental_io", incremental_io, (e.llm.params, state, _STEPS),
-                             dict(cfg=e.llm.cfg, sampling_cfg=self.sampling, eos_ids=self.eos))
+            return ("spec_io", spec_io, (e.llm.params, e.drafter_params(), state, _STEPS),
+                    dict(cfg=self._cfg(sampling), width=self.room))
+        return ("incremental_io", incremental_io, (e.llm.params, state, _STEPS),
+                dict(cfg=e.llm.cfg, sampling_cfg=sampling, eos_ids=self.eos))
 
 
 def run_one(batcher: Batcher, prompt: list[int], max_tokens: int) -> dict:
