@@ -152,7 +152,9 @@ def test_greedy_speculative_equals_incremental(llm, incremental, random_fs, dist
     feature_tokens = sum(r.drafter_tokens["feature"] for r in out)
     longest = max(max(r.accepted_per_step) for r in out)
     if which == "distilled":
-        assert longest >= 4 and feature_tokens >= NEW  # paths of 3+ drafted tokens get accepted
+        # paths of 3+ drafted tokens get accepted (2+ in the budget-6 merge: which nodes it keeps follows the
+        # shipped drafters' calibration rates, acceptance.json, so its deepest kept path varies with them)
+        assert longest >= (4 if budget is None else 3) and feature_tokens >= NEW
     else:
         assert feature_tokens > 0 and min(min(r.accepted_per_step) for r in out) == 1  # some accepted, some not
 
