@@ -130,15 +130,15 @@ def random_tree(n: int, rng):
 
 
 def tree_forward_seconds(params, cfg, sizes: Sequence[int], prefix: int = 100, slots: int = 320,
-                         repeats: int = 10, head: bool = True) -> dict[int, float]:
-    """Median seconds of one jitted forward (+ LM head) of a model over N tree tokens with the tree
+                         repeats: int = 10, head: bool = True, stat=np.median) -> dict[int, float]:
+    """Median (or `stat`) seconds of one jitted forward (+ LM head) of a model over N tree tokens with the tree
     mask, batch 1, after `prefix` committed tokens in a cache of `slots` slots, for each N in sizes
     (N = 1 is an incremental step). Sizes are interleaved round-robin so drift hits all alike."""
-    return tree_forward_seconds_by({"": params}, cfg, sizes, prefix, slots, repeats, head)[""]
+    return tree_forward_seconds_by({"": params}, cfg, sizes, prefix, slots, repeats, head, stat)[""]
 
 
 def tree_forward_seconds_by(variants: dict, cfg, sizes: Sequence[int], prefix: int = 100, slots: int = 320,
-                            repeats: int = 10, head: bool = True) -> dict[str, dict[int, float]]:
+                            repeats: int = 10, head: bool = True, stat=np.median) -> dict[str, dict[int, float]]:
     """tree_forward_seconds for several params of one model (e.g. packed for the CPU kernel and not),
     every (variant, size) interleaved round-robin in one run. Returns {variant: {N: seconds}}."""
     import functools
@@ -173,4 +173,4 @@ def tree_forward_seconds_by(variants: dict, cfg, sizes: Sequence[int], prefix: i
                 t = time.perf_counter()
                 _, caches[v] = jax.block_until_ready(fwd(params, caches[v], trees[n]))
                 times[v][n].append(time.perf_counter() - t)
-    return {v: {n: float(np.median(t)) for n, t in tv.items()} for v, tv in times.items()}
+    return {v: {n: float(stat(t)) for n, t in tv.items()} for v, tv in times.items()}
