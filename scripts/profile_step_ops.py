@@ -1,22 +1,22 @@
 """One decode step of T tokens (default LLM, kernel on, 320 slots) under jax.profiler: time per step by op
 name (kernel calls, XLA fusions, loops), to see what is not a weight matmul (docs/benchmarks.md, issue 12).
 
-    python scripts/profile_step_ops.py T
+    python scripts/profile_step_ops.py T [B]   (B rows of T tokens each; default 1)
 """
 import functools, glob, os, sys, collections, jax, jax.numpy as jnp, shutil
 from specjax import api, model, skinny
 llm = api.load(None); cfg = llm.cfg
 p = skinny.pack_params(llm.params, cfg); S = 320
-T = int(sys.argv[1])
-pos = jnp.arange(100, 100 + T)[None]
+T = int(sys.argv[1]); B = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+pos = jnp.broadcast_to(jnp.arange(100, 100 + T)[None], (B, T))
 mask = jnp.arange(S)[None, None, :] <= pos[:, :, None]
 @functools.partial(jax.jit, donate_argnums=1)
 def step(p, cache):
-    h, cache = model.forward(p, cfg, jnp.ones((1, T), jnp.int32), pos, cache, pos, mask)
+    h, cache = model.forward(p, cfg, jnp.ones((B, T), jnp.int32), pos, cache, pos, mask)
     return model.lm_head(p, cfg, h), cache
-cache = model.init_cache(cfg, 1, S)
+cache = model.init_cache(cfg, B, S)
 for _ in range(3): _, cache = jax.block_until_ready(step(p, cache))
-d = f"/tmp/probe/trace{T}"; shutil.rmtree(d, ignore_errors=True)
+d = f"/tmp/probe/trace{T}x{B}"; shutil.rmtree(d, ignore_errors=True)
 jax.profiler.start_trace(d)
 N = 10
 for _ in range(N): _, cache = jax.block_until_ready(step(p, cache))
