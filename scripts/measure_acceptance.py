@@ -65,6 +65,9 @@ def main(argv=None) -> int:
                     help="the feature SSM measured as drafter 'feature' (default: the shipped one; skipped if absent)")
     ap.add_argument("--merged", action="store_true", help="measure merged mixes (see above) instead of each drafter alone")
     ap.add_argument("--merged-drafters", default="feature,recycle,lookup")
+    ap.add_argument("--mixes", default=None,
+                    help="with --merged: measure only these mixes (comma list of drafter names joined by '+', e.g. "
+                         "ssm0+ssm1+feature+lookup); with --write the file's other mixes are kept")
     ap.add_argument("--only", default=None,
                     help="measure only these drafters alone (comma list, e.g. feature after retraining it); with "
                          "--write the file's other entries are kept")
@@ -141,28 +144,40 @@ def measure_merged(args, llm, ssms, tree, prompts, eos) -> int:
     missing = sorted(set(names) - {d.name for d in every})
     if missing:
         raise SystemExit(f"--merged-drafters: no drafter {missing} here (have {[d.name for d in every]})")
+    subsets = [s for r in range(2, len(names) + 1) for s in itertools.combinations([d for d in every if d.name in names], r)]
+    if args.mixes:
+        want = [m.strip() for m in args.mixes.split(",") if m.strip()]
+        formed = {"+".join(d.name for d in s): s for s in subsets}
+        unknown = [m for m in want if m not in formed]
+        if unknown:
+            raise SystemExit(f"--mixes: {unknown} not mixes of --merged-drafters {names} in the engine's order "
+                             f"(e.g. {list(formed)[:3]})")
+        subsets = [formed[m] for m in want]
     merged = {}
-    for r in range(2, len(names) + 1):
-        for subset in itertools.combinations([d for d in every if d.name in names], r):
-            key = "+".join(d.name for d in subset)
-            pool = sum(d.topology.num_nodes for d in subset)
-            merged[key] = {}
-            for n in autotune.BUDGETS:
-                if n > pool:
-                    break
-                engine = Engine(llm, ssms, tree, drafters=subset, budget=n, feature_ssm=fs)
-                steps = tokens = 0
-                for i in range(0, len(prompts), args.batch_size):
-                    res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens, SamplingConfig(),
-                                               eos_ids=eos)
-                    steps += sum(r.llm_steps for r in res)
-                    tokens += sum(len(r.token_ids) for r in res)
-                merged[key][str(n)] = round(tokens / max(steps, 1), 3)
-                print(key, "budget", n, "MAT", merged[key][str(n)], flush=True)
+    for subset in subsets:
+        key = "+".join(d.name for d in subset)
+        pool = sum(d.topology.num_nodes for d in subset)
+        merged[key] = {}
+        for n in autotune.BUDGETS:
+            if n > pool:
+                break
+            engine = Engine(llm, ssms, tree, drafters=subset, budget=n, feature_ssm=fs)
+            steps = tokens = 0
+            for i in range(0, len(prompts), args.batch_size):
+                res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens, SamplingConfig(),
+                                           eos_ids=eos)
+                steps += sum(r.llm_steps for r in res)
+                tokens += sum(len(r.token_ids) for r in res)
+            merged[key][str(n)] = round(tokens / max(steps, 1), 3)
+            print(key, "budget", n, "MAT", merged[key][str(n)], flush=True)
     out = json.loads(acceptance.SHIPPED.read_text()) if acceptance.SHIPPED.is_file() else {}
-    out["merged"] = merged
-    out["merged_prompts"] = (f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved, "
-                             f"greedy, {args.max_new_tokens} new tokens")
+    where = (f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved, "
+             f"greedy, {args.max_new_tokens} new tokens")
+    if args.mixes and out.get("merged") and out.get("merged_prompts") != where:
+        raise SystemExit(f"--mixes: the shipped mixes were measured on {out.get('merged_prompts')}, these on {where}: "
+                         f"use the same --count/--skip/--max-new-tokens")
+    out["merged"] = {**out.get("merged", {}), **merged} if args.mixes else merged
+    out["merged_prompts"] = where
     if args.write:
         acceptance.SHIPPED.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {acceptance.SHIPPED}")

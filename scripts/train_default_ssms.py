@@ -1,11 +1,14 @@
-"""The recipe for the default SSM ensemble of the embedded LLM (SmolLM2-135M-Instruct, V=49152, D=576).
+"""The recipe for the default drafters of the embedded LLM (SmolLM2-135M-Instruct, V=49152, D=576).
 
     python scripts/train_default_ssms.py --time-only                 # drafter step vs LLM step, per preset
-    python scripts/train_default_ssms.py --out runs/default --ship   # the recipe (< 90 min, 2 cores), then
-                                                                     # copy the SSMs into specjax/default_ssms
-    python scripts/train_default_ssms.py --out runs/single --num-ssms 1 \
-        --ssm-config scripts/ssm_single_equal_params.json --data-from runs/default/data   # the comparison
-    python scripts/train_default_ssms.py --out runs/quick --max-prompts 48 --steps 30 --num-ssms 1
+    python scripts/train_default_ssms.py --out runs/default --ship   # every shipped member from a clean start
+                                                                     # (resumable: run it again after a stop),
+                                                                     # then into specjax/default_ssms and the
+                                                                     # acceptance calibration re-measured
+    python scripts/train_default_ssms.py --out runs/default --members feature --ship   # one member
+    python scripts/train_default_ssms.py --out runs/single --members ssm --num-ssms 1 \
+        --ssm-config scripts/ssm_single_equal_params.json --data-from runs/default/ssm/data   # the comparison
+    python scripts/train_default_ssms.py --out runs/quick --members ssm --max-prompts 48 --steps 30 --num-ssms 1
 
 The recipe (the defaults below): 2 SSMs of preset "base" (D=96, 4 layers, 5.2M parameters, 10 MB in
 float16 each), boosted with mode "reweight" (the second SSM's loss weight is 0.25 on the tokens the
@@ -24,6 +27,15 @@ preset; pick a size whose step is a small fraction of the LLM's.
 
 Prompts: ../shared/data/boost_prompts/ (GSM8K train, Self-Instruct seeds, T0 sample), interleaved so a
 prefix of --max-prompts covers every source. Never Spec-Bench (evaluation only).
+
+Members (--members, default: what ships, DEFAULT_MEMBERS): "ssm", the boosted small SSMs above (OUT/ssm/ssm_i),
+and "feature", the EAGLE-style feature SSM (OUT/feature, scripts/train_feature_ssm.py's stages run in
+order: the LLM's greedy continuations of --feature-prompts prompts, the reference answers of
+--feature-tf-prompts more read teacher-forced, --feature-steps training steps from scratch, then its
+held-out agreement on --heldout-prompts held-out prompts). Every stage resumes where it stopped. --ship copies the
+trained members into specjax/default_ssms and re-measures specjax/drafters/acceptance.json (each drafter
+alone and the merged mixes, scripts/measure_acceptance.py --count 16), which the automatic choice reads.
+Each stage's wall time goes to the log (stderr).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # train_feature_ssm, measure_acceptance: the stages' own scripts
 
 from specjax import api, model  # noqa: E402
 from specjax.boost.data import DataConfig  # noqa: E402
@@ -48,6 +61,35 @@ from specjax.boost.ssm import PRESETS, ssm_config  # noqa: E402
 from specjax.boost.train import TrainConfig  # noqa: E402
 
 PROMPT_DIR = ROOT.parent / "shared" / "data" / "boost_prompts"
+MEMBERS = ("ssm", "feature")
+DEFAULT_MEMBERS = ("ssm", "feature")
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), "recipe:", msg, file=sys.stderr, flush=True)
+
+
+def stage(name: str, fn, *a) -> None:
+    """Runs one stage; a non-zero exit code stops the recipe (what ran so far is kept for the next run)."""
+    t = time.perf_counter()
+    log(f"{name} ...")
+    rc = fn(*a)
+    if rc:
+        raise SystemExit(f"recipe: {name} failed (exit {rc}); run the same command again to resume")
+    log(f"{name}: {(time.perf_counter() - t) / 60:.1f} min")
+
+
+def feature_stages(out: Path, args) -> list:
+    """(name, argv of scripts/train_feature_ssm.py) in order; each resumable."""
+    fo, held = str(out / "feature"), str(out / "heldout")
+    return [
+        ("feature data: the LLM's continuations", ["data", "--out", fo, "--prompts", str(args.feature_prompts), "--no-progress"]),
+        ("feature data: reference answers, teacher-forced",
+         ["data", "--out", fo, "--teacher-forced", "--prompts", str(args.feature_tf_prompts), "--skip", "1600", "--no-progress"]),
+        ("feature SSM training", ["train", "--out", fo, "--steps", str(args.feature_steps)]),
+        ("held-out data", ["data", "--out", held, "--prompts", str(args.heldout_prompts), "--held-out", "--no-progress"]),
+        ("feature SSM held-out agreement", ["eval", "--out", fo, "--data", held + "/data"]),
+    ]
 
 
 def step_seconds(params, cfg, slots: int = 256, reps: int = 20) -> float:
@@ -130,8 +172,18 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--data-from", default=None, help="reuse this run's data directory (same prompts and data config)")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--ship", action="store_true", help="copy the trained SSMs into specjax/default_ssms")
+    ap.add_argument("--ship", action="store_true",
+                    help="copy the trained members into specjax/default_ssms and re-measure the acceptance calibration")
+    ap.add_argument("--members", default=",".join(DEFAULT_MEMBERS), help=f"comma list of {MEMBERS}")
+    ap.add_argument("--feature-prompts", type=int, default=1440, help="prompts whose continuations the LLM generates")
+    ap.add_argument("--feature-tf-prompts", type=int, default=1024, help="reference answers read teacher-forced")
+    ap.add_argument("--feature-steps", type=int, default=1500)
+    ap.add_argument("--heldout-prompts", type=int, default=128, help="held-out prompts for the feature SSM's agreement")
     args = ap.parse_args(argv)
+    members = tuple(m.strip() for m in args.members.split(",") if m.strip())
+    unknown = sorted(set(members) - set(MEMBERS))
+    if unknown or not members:
+        ap.error(f"--members: {unknown or 'none given'}; choose from {MEMBERS}")
 
     t0 = time.perf_counter()
     llm = api.load(None)
@@ -139,6 +191,28 @@ def main(argv=None) -> int:
         time_presets(llm)
         return 0
     out = Path(args.out)
+    if "ssm" in members:
+        stage("SSMs: data, boosted training, evaluation", ssm_recipe, out, args)
+    if "feature" in members:
+        import train_feature_ssm
+
+        for name, fargs in feature_stages(out, args):
+            stage(name, train_feature_ssm.main, fargs)
+    if args.ship:
+        import measure_acceptance
+        import train_feature_ssm
+
+        if "ssm" in members:
+            ship(out / "ssm", args.num_ssms)
+        if "feature" in members:
+            stage("ship the feature SSM", train_feature_ssm.main, ["ship", "--out", str(out / "feature")])
+        stage("acceptance of each drafter alone", measure_acceptance.main, ["--count", "16", "--write"])
+        stage("acceptance of the merged mixes", measure_acceptance.main, ["--count", "16", "--merged", "--write"])
+    log(f"total wall time: {(time.perf_counter() - t0) / 60:.1f} min ({','.join(members)}{', shipped' if args.ship else ''})")
+    return 0
+
+
+def ssm_recipe(out: Path, args) -> int:
     prompts = interleaved_prompt_file(out.parent / "boost_prompts_interleaved.jsonl")
     ssm_cfg = args.ssm_config if args.ssm_config in PRESETS else Path(args.ssm_config).read_text()
     run = RunConfig(
@@ -149,12 +223,8 @@ def main(argv=None) -> int:
                           checkpoint_every=100, log_every=10),
         boost_mode=args.boost_mode, covered_weight=args.covered_weight,
         max_prompts=args.max_prompts, eval_prompts=args.eval_prompts, eval_max_new_tokens=48)
-    boost(run, out, resume=args.resume, data_dir=args.data_from)
-    print(f"recipe wall time: {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
-    if args.ship:
-        ship(out, args.num_ssms)
+    boost(run, out / "ssm", resume=args.resume or (out / "ssm" / "run.json").is_file(), data_dir=args.data_from)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
