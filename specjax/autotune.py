@@ -240,8 +240,8 @@ def _time(f, args, repeats: int) -> float:
     return float(np.min(ts))
 
 
-def measure_incremental(engine, prompt_len: int = 100, repeats: int = 3) -> float:
-    """Seconds per step of the engine's real incremental loop (B = 1, greedy): the forward that
+def measure_incremental(engine, prompt_len: int = 100, repeats: int = 3, rows: int = 1) -> float:
+    """Seconds per step of the engine's real incremental loop (B = rows, 1 for the choice; greedy): the forward that
     verify(1) times plus the loop's own work (sampling, bookkeeping, the while loop). Calls of 8 and
     40 steps run back to back on one state; the difference over 32 steps leaves out the per-call
     cost. Median of `repeats` (one extra compile of the loop, once per machine)."""
@@ -256,7 +256,7 @@ def measure_incremental(engine, prompt_len: int = 100, repeats: int = 3) -> floa
     static = dict(cfg=cfg, sampling_cfg=SamplingConfig(), eos_ids=())
     out = []
     for _ in range(repeats):
-        state, _ = engine.init_state([prompt], 64, 0, STEP_ROOM, 64)
+        state, _ = engine.init_state([prompt] * rows, 64, 0, STEP_ROOM, 64)
         exe = engine._executable("incremental", incremental_loop, (engine.llm.params, state, _STEPS), static)
         state = jax.block_until_ready(exe(engine.llm.params, state, np.int32(4)))  # warm
         t0 = time.perf_counter()
