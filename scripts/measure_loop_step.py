@@ -9,7 +9,13 @@ import sys
 from specjax import api, autotune
 from specjax.engine import Engine
 
+arg = sys.argv[1] if len(sys.argv) > 1 else "1,8"
+try:
+    sizes = [int(x) for x in arg.split(",")]
+    assert sizes and min(sizes) >= 1
+except (ValueError, AssertionError):
+    sys.exit(f"measure_loop_step.py: batch sizes must be positive integers separated by commas, got {arg!r}")
 engine = Engine(api.load(None))
-for B in [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "1,8").split(",")]:
+for B in sizes:
     s = autotune.measure_incremental(engine, rows=B)
     print(f"B={B}: step {s * 1e3:.1f} ms, {B / s:.1f} tokens/s")
