@@ -55,9 +55,33 @@ def test_ttt_passes_equal_cached_drafting():
         np.testing.assert_allclose(g[:, 0], outs[d][:, i], atol=1e-4)
 
 
+def test_ttt_window_and_left_padding_equal_the_full_forward():
+    """Training's layout: later passes run from `first` on, left padding masked out. Pass s equals the
+    full computation wherever it is exact (i >= first + s - 2), and padding in front changes nothing."""
+    cfg, p = _drafter()
+    ttt_outputs = jax.jit(fm.ttt_outputs, static_argnums=(1, 4, 5))
+    B, T, first, pad = 2, 10, 4, 3
+    feats = jax.random.normal(jax.random.PRNGKey(1), (B, T, cfg.feature_width))
+    emb = jax.random.normal(jax.random.PRNGKey(2), (B, T, LLM.hidden_size))
+    full = ttt_outputs(p, cfg, feats, emb, 3, 0)
+    part = ttt_outputs(p, cfg, feats, emb, 3, first)
+    np.testing.assert_allclose(part[0], full[0], atol=1e-5)
+    for s in (2, 3):
+        np.testing.assert_allclose(part[s - 1][:, s - 2:], full[s - 1][:, first + s - 2:], atol=1e-5)
+    junk = 5.0 * jax.random.normal(jax.random.PRNGKey(3), (B, pad, feats.shape[-1]))
+    padded = ttt_outputs(p, cfg, jnp.concatenate([junk, feats], 1), jnp.concatenate([junk[..., :LLM.hidden_size], emb], 1),
+                         3, first + pad, jnp.arange(T + pad)[None].repeat(B, 0) >= pad)
+    np.testing.assert_allclose(padded[0][:, pad:], full[0], atol=1e-4)
+    for s in (2, 3):
+        np.testing.assert_allclose(padded[s - 1][:, s - 2:], full[s - 1][:, first + s - 2:], atol=1e-4)
+    with pytest.raises(ValueError, match="context positions"):
+        ftrain.TrainConfig(crop=12, window=12, passes=3)
+
+
 def test_ttt_mask_shape():
     m = fm.ttt_mask(5, 2)
     assert m.shape == (5, 10)
+    assert fm.ttt_mask(5, 3, first=2).shape == (3, 11)  # positions 2..4 of pass 3 over 5 + 3 + 3 keys
     assert m[3, :5].tolist() == [True, True, True, False, False]  # real features up to i - 1
     assert m[3, 5:].tolist() == [False, False, False, True, False]  # only itself in pass 2
 

@@ -157,19 +157,24 @@ def init_cache(cfg: FeatureConfig, batch: int, num_slots: int, dtype=jnp.float32
 # ----------------------------------------------------------------------------- training-time test
 
 
-def ttt_mask(T: int, s: int) -> np.ndarray:
-    """[T, s*T] bool: what pass s (1-based) at position i sees of the passes 1..s.
+def ttt_mask(T: int, s: int, first: int = 0) -> np.ndarray:
+    """[T - first, T + (s - 1) * (T - first)] bool (s = 1: [T, T]): what pass s (1-based) at position i
+    sees of pass 1 (all T positions) and of the passes 2..s (positions first..T-1, as run by ttt_outputs
+    with `first`).
 
     Pass s at position i is a depth-(s-1) draft node whose root is at i - s + 2: it sees pass 1 (the
     real features) up to i - s + 1 and, of each later pass r, only its ancestor at i - s + r."""
-    i = np.arange(T)[:, None]
+    first = 0 if s == 1 else first
+    i = np.arange(first, T)[:, None]
     j = np.arange(T)[None, :]
-    blocks = [j <= i - s + 1] + [j == i - s + r for r in range(2, s + 1)]
+    jt = np.arange(first, T)[None, :]
+    blocks = [j <= i - s + 1] + [jt == i - s + r for r in range(2, s + 1)]
     return np.concatenate(blocks, axis=1)
 
 
 def _attend_train(lp, cfg: ModelConfig, h, positions, prev_k, prev_v, mask):
-    """Attention of one pass over its own and earlier passes' keys. h [B, T, D]; prev_* [B, X, K, A]."""
+    """Attention of one pass over its own and earlier passes' keys. h [B, T, D]; prev_* [B, X, K, A];
+    mask [T, X + T] or per row [B, T, X + T]."""
     B, T, D = h.shape
     H, K, A = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q, k, v = model.dense(h, lp["q"], D), model.dense(h, lp["k"], D), model.dense(h, lp["v"], D)
@@ -181,17 +186,22 @@ def _attend_train(lp, cfg: ModelConfig, h, positions, prev_k, prev_v, mask):
     G = H // K
     qg = q.reshape(B, T, K, G, A)
     s = jnp.einsum("btkga,bxka->bkgtx", qg, ks) / np.sqrt(A)
-    s = jnp.where(mask[None, None, None], s, -1e30)
+    s = jnp.where(mask[:, None, None] if mask.ndim == 3 else mask[None, None, None], s, -1e30)
     w = jax.nn.softmax(s, axis=-1)
     out = jnp.einsum("bkgtx,bxka->btkga", w, vs).reshape(B, T, H * A)
     return model.dense(out, lp["o"], H * A), k, v
 
 
-def ttt_outputs(params, cfg: FeatureConfig, feats, emb, passes: int):
+def ttt_outputs(params, cfg: FeatureConfig, feats, emb, passes: int, first: int = 0, valid=None):
     """Outputs o of every pass over a teacher-forced sequence: feats [B, T, F] (the LLM's, positions
     0..T-1), emb [B, T, D] (the LLM's embedding of tokens 1..T). Pass 1 reads the real features; pass
     s > 1 at position i reads pass s-1's output at i - 1, as drafting at depth s - 1 does.
-    Returns [passes] of [B, T, D]."""
+
+    first: passes 2..s run on positions first..T-1 only (training reads them on a window there: the
+    positions before it are context for pass 1, and running later passes over them is wasted work).
+    Pass s at i >= first + s - 2 equals the full computation; earlier ones lack ancestors below first.
+    valid [B, T] bool: positions that exist (a left-padded row's padding is never attended to).
+    Returns [passes]: pass 1 [B, T, D], passes 2.. [B, T - first, D]."""
     B, T, _ = feats.shape
     lcfg = cfg.layer
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
@@ -200,12 +210,17 @@ def ttt_outputs(params, cfg: FeatureConfig, feats, emb, passes: int):
     g = fuse(params, feats)
     for s in range(1, passes + 1):
         if s > 1:
-            g = jnp.concatenate([jnp.zeros_like(outs[-1][:, :1]), outs[-1][:, :-1]], axis=1)
-        x = inputs(params, g, emb)
-        mask = jnp.asarray(ttt_mask(T, s))
+            last = outs[-1] if s > 2 else outs[-1][:, first:]  # [B, T - first, D]
+            g = jnp.concatenate([outs[0][:, first - 1: first] if s == 2 and first > 0 else jnp.zeros_like(last[:, :1]),
+                                 last[:, :-1]], axis=1)
+        f = 0 if s == 1 else first
+        x = inputs(params, g, emb[:, f:])
+        mask = jnp.asarray(ttt_mask(T, s, first))
+        if valid is not None:  # padding keys: pass 1's (the only ones below first that a pass reads)
+            mask = mask[None] & jnp.pad(valid, ((0, 0), (0, mask.shape[1] - T)), constant_values=True)[:, None, :]
         for l, lp in enumerate(params["layers"]):
             h = model.norm(lp["attn_norm"], x, lcfg)
-            a, k, v = _attend_train(lp, lcfg, h, positions, prev[l][0], prev[l][1], mask)
+            a, k, v = _attend_train(lp, lcfg, h, positions[:, f:], prev[l][0], prev[l][1], mask)
             prev[l][0].append(k)
             prev[l][1].append(v)
             x = x + a

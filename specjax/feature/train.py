@@ -36,8 +36,8 @@ from specjax.boost.train import META_FILE, STATE_FILE, TrainState, batch_rows, l
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 8
-    crop: int = 256  # positions per sample (the last `crop` of prompt + continuation)
-    window: int = 128  # loss positions per sample (the continuation)
+    crop: int = 256  # positions per sample: crop - window of context, then the window
+    window: int = 128  # loss positions per sample (the continuation's first `window`)
     passes: int = 3
     pass_decay: float = 0.8
     lr: float = 1e-3
@@ -47,6 +47,11 @@ class TrainConfig:
     clip_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
+
+    def __post_init__(self):
+        if self.window < 1 or self.crop - self.window < max(self.passes - 2, 0):
+            raise ValueError(f"crop {self.crop} must exceed window {self.window} by at least passes - 2 = "
+                             f"{max(self.passes - 2, 0)} context positions")
 
 
 def make_optimizer(tcfg: TrainConfig) -> optax.GradientTransformation:
@@ -83,34 +88,42 @@ def t2d(d2t: np.ndarray, vocab: int) -> np.ndarray:
 
 
 def make_batch(data: FeatureData, rows: np.ndarray, tcfg: TrainConfig, t2d_map: np.ndarray) -> dict:
-    """Cropped, aligned arrays for `rows`: position i of a crop reads feats[i] and token[i + 1] and is
-    trained on the LLM's distribution at i + 1 (which predicts token i + 2), weighted by mask[i + 2]."""
+    """Aligned arrays for `rows`, C = crop positions, the last W = window of them trained on; a row's
+    window starts at its first trained position (sequence index a), and the C - W positions before it
+    are context (left-padded, `valid` False, where the sequence starts later). Crop position c is
+    sequence index a - (C - W) + c: it reads feats[i] and token[i + 1] and is trained (window only) on
+    the LLM's distribution at i + 1 (which predicts token i + 2), weighted by mask[i + 2].
+    seq0 [B] = a (pass s trains only where a depth s - 1 draft's root exists: i >= s - 1)."""
     C, W = tcfg.crop, tcfg.window
+    Cp = C - W
     feats = data.features(rows)
     F = feats.shape[-1]
     k = data.topk_ids.shape[-1]
-    out = dict(feats=np.zeros((len(rows), C - 1, F), np.float16), tokens=np.zeros((len(rows), C - 1), np.int32),
-               tgt=np.zeros((len(rows), W, k), np.int32), p=np.zeros((len(rows), W, k), np.float32),
-               w=np.zeros((len(rows), W), np.float32), start=np.zeros(len(rows), np.int32))
+    out = dict(feats=np.zeros((len(rows), C, F), np.float16), tokens=np.zeros((len(rows), C), np.int32),
+               valid=np.zeros((len(rows), C), bool), tgt=np.zeros((len(rows), W, k), np.int32),
+               p=np.zeros((len(rows), W, k), np.float32), w=np.zeros((len(rows), W), np.float32),
+               seq0=np.zeros(len(rows), np.int32))
     for b, r in enumerate(rows):
         mask = data.mask[r]
         gen = np.flatnonzero(mask)
         if not len(gen):
             continue
-        end = int(gen[-1]) + 1  # tokens [0, end) are real
-        lo = max(0, end - C)
-        n = end - lo
-        out["feats"][b, : n - 1] = feats[b, lo: end - 1]
-        out["tokens"][b, : n - 1] = data.tokens[r, lo + 1: end]
-        s = max(int(gen[0]) - 2 - lo, 0)  # first crop position whose target token (i + 2) is generated
-        out["start"][b] = s
-        idx = np.arange(s, min(s + W, n - 2))
+        end = int(gen[-1]) + 1  # tokens [0, end) are real; pairs (feats[i], token[i + 1]) for i < end - 1
+        a = max(int(gen[0]) - 2, 0)  # first sequence index whose target token (i + 2) is generated
+        lo = a - Cp  # sequence index of crop position 0 (negative: left padding)
+        src = np.arange(max(lo, 0), min(lo + C, end - 1))  # sequence indices of the real pairs
+        dst = src - lo
+        out["feats"][b, dst] = feats[b, src]
+        out["tokens"][b, dst] = data.tokens[r, src + 1]
+        out["valid"][b, dst] = True
+        out["seq0"][b] = a
+        idx = np.arange(a, min(a + W, end - 2))  # trained sequence indices (target token idx + 2 < end)
         m = len(idx)
-        ids = data.topk_ids[r, lo + idx + 1]
+        ids = data.topk_ids[r, idx + 1]
         d = t2d_map[ids]
         out["tgt"][b, :m] = np.maximum(d, 0)
-        out["p"][b, :m] = np.where(d >= 0, data.topk_probs[r, lo + idx + 1].astype(np.float32), 0.0)
-        out["w"][b, :m] = mask[lo + idx + 2]
+        out["p"][b, :m] = np.where(d >= 0, data.topk_probs[r, idx + 1].astype(np.float32), 0.0)
+        out["w"][b, :m] = mask[idx + 2]
     return out
 
 
@@ -120,17 +133,17 @@ def make_batch(data: FeatureData, rows: np.ndarray, tcfg: TrainConfig, t2d_map: 
 def loss_and_metrics(params, cfg: FeatureConfig, embed_table, batch, tcfg: TrainConfig):
     """Weighted soft cross-entropy over the passes; metrics: loss and top-1 agreement per pass."""
     emb = jnp.take(embed_table, batch["tokens"], axis=0)
-    outs = fm.ttt_outputs(params, cfg, batch["feats"], emb, tcfg.passes)
-    idx = batch["start"][:, None] + jnp.arange(tcfg.window)[None, :]  # [B, W]
-    valid_idx = idx < batch["tokens"].shape[1]
-    idx = jnp.minimum(idx, batch["tokens"].shape[1] - 1)
+    C, W = tcfg.crop, tcfg.window
+    first = C - W - max(tcfg.passes - 2, 0)  # later passes run from here: exact on the window (ttt_outputs)
+    outs = fm.ttt_outputs(params, cfg, batch["feats"], emb, tcfg.passes, first=first, valid=batch["valid"])
+    seq = batch["seq0"][:, None] + jnp.arange(W)[None, :]  # [B, W] sequence index of each window position
     p = batch["p"]
     psum = p.sum(-1)
     tgt_top = batch["tgt"][..., 0]
     total, metrics, wsum = 0.0, {}, 0.0
     for s, o in enumerate(outs, 1):
-        w = batch["w"] * valid_idx * (idx >= s - 1) * (psum > 0)
-        os_ = jnp.take_along_axis(o, idx[..., None], axis=1)  # [B, W, D]
+        w = batch["w"] * (seq >= s - 1) * (psum > 0)
+        os_ = o[:, C - W:] if s == 1 else o[:, C - W - first:]  # [B, W, D]
         logp = jax.nn.log_softmax(fm.logits(params, cfg, os_), axis=-1)  # [B, W, V']
         ce = -(p * jnp.take_along_axis(logp, batch["tgt"], axis=-1)).sum(-1) / jnp.maximum(psum, 1e-6)
         den = jnp.maximum(w.sum(), 1e-6)
