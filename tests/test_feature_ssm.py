@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from specjax import model
+from specjax.boost.data import make_samples
 from specjax.config import ModelConfig
 from specjax.feature import data as fdata
 from specjax.feature import model as fm
@@ -124,6 +125,29 @@ def test_prompt_rows_checked(tmp_path):
         f.write_text('{"prompt": "ok"}\n' + bad + "\n")
         with pytest.raises(fdata.FeatureDataError, match=f"p.jsonl:2: .*{words}"):
             fdata.read_rows(f)
+
+
+def test_one_pass_generation_equals_generating_then_reading_back():
+    """`generate` (features and top-k kept while decoding) gives greedy continuations, cut after EOS, and
+    the features and top-k that the teacher-forced pass over them gives, where training reads them."""
+    params = model.init_params(LLM, jax.random.PRNGKey(4), std=0.3)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(3, LLM.vocab_size, n).tolist() for n in (5, 9, 12)]
+    new, seq_len = 10, 24
+    conts, feats, ids, probs = fdata.generate(params, LLM, prompts, new, TAPS, 4, eos=(), seq_len=seq_len, bucket=8)
+    assert [len(c) for c in conts] == [new] * 3
+    eos = conts[1][3]  # a token row 1 emits 4th: it must stop there (and others at their first one)
+    conts, feats, ids, probs = fdata.generate(params, LLM, prompts, new, TAPS, 4, eos=(eos,), seq_len=seq_len, bucket=8)
+    assert conts[1][-1] == eos and len(conts[1]) <= 4
+    tokens, mask = make_samples(prompts, conts, seq_len, 16)
+    f2, i2, p2 = fdata.features(params, LLM, tokens, TAPS, 4)
+    for b, (p, c) in enumerate(zip(prompts, conts)):
+        P, end = len(p), len(p) + len(c)
+        np.testing.assert_array_equal(i2[b, P - 1: end - 1, 0], c[: len(c)])  # greedy: each token the argmax
+        np.testing.assert_allclose(feats[b, :end].astype(np.float32), f2[b, :end].astype(np.float32), atol=2e-2, rtol=1e-2)
+        np.testing.assert_array_equal(ids[b, P - 1: end], i2[b, P - 1: end])
+        np.testing.assert_allclose(probs[b, P - 1: end].astype(np.float32), p2[b, P - 1: end].astype(np.float32), atol=2e-3)
+        assert not feats[b, end:].any() and not ids[b, : P - 1].any() and not ids[b, end:].any()
 
 
 def _tiny_data(n=6, T=24, seed=0):

@@ -1,8 +1,9 @@
 """Training data for a feature SSM: the LLM's own continuations, its features and its top-k.
 
-    prompt files -> chat-templated ids -> LLM greedy continuations (or reference answers, teacher-forced)
-                 -> one causal LLM pass per chunk: features at the taps and the top-k next-token
-                    distribution at every position                      (features_pass)
+    prompt files -> chat-templated ids -> LLM greedy continuations, decoded with the features at the
+                    taps and the top-k next-token distribution kept at every position (`generate`:
+                    one LLM pass)
+                 or reference answers, teacher-forced: one causal LLM pass per chunk (`features`)
 
 On disk, in one directory (every file written atomically, so a killed run resumes where it stopped):
 
@@ -15,8 +16,10 @@ On disk, in one directory (every file written atomically, so a killed run resume
                             distribution at every position (temperature 1)
 
 Position t's features and top-k belong to the prefix tokens[:t + 1] (they predict tokens[t + 1]).
-The continuations are generated first, then read back in one teacher-forced pass: a second LLM pass,
-but a prefill-shaped one (all positions at once), which costs a few percent of the generation.
+Training reads the top-k only from a prompt's last position on; generated chunks leave those of the
+earlier prompt positions zero (teacher-forced ones have them: that pass computes every position).
+Generated chunks once took a second, teacher-forced pass for their features (a chunk killed between
+its tokens and its features is still finished that way); one pass costs ~half as much.
 """
 
 from __future__ import annotations
@@ -168,6 +171,87 @@ def features(params, cfg: ModelConfig, tokens: np.ndarray, taps: tuple[int, ...]
     return tuple(out)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "taps", "k", "new", "eos"))
+def _generate(params, prompts, lengths, cfg: ModelConfig, taps: tuple[int, ...], k: int, new: int,
+              eos: tuple[int, ...]):
+    """Greedy continuations and, from the same LLM pass, the features and top-k they need.
+
+    prompts [B, L] right-padded, lengths [B] = P_b. Row b's token at sequence index i: the prompt for
+    i < P_b, then the continuation c_t at P_b + t. Returns (continuations [B, new] (the tokens a row
+    emitted after its first EOS are not its own), features [B, L + new, F] f16 at every position up to
+    P_b + new - 1, top-k ids [B, L + new, k] and probs f16 at positions P_b - 1 .. P_b + new - 1: those of
+    the prompt before its last position are zeros (never a training target: see the module doc))."""
+    B, L = prompts.shape
+    T = L + new
+    cache = model.init_cache(cfg, B, T, model.compute_dtype(params))
+    rows = jnp.arange(B)
+    pos = jnp.broadcast_to(jnp.arange(L), (B, L))
+    real = pos < lengths[:, None]
+    mask = jnp.arange(T)[None, None, :] <= pos[:, :, None]
+    hidden, cache, feats = model.forward_features(params, cfg, prompts, pos, cache, jnp.where(real, pos, T), mask, taps)
+    F = feats.shape[-1]
+    feats_all = jnp.zeros((B, T, F), jnp.float16).at[:, :L].set(jnp.where(real[..., None], feats, 0).astype(jnp.float16))
+    ids_all = jnp.zeros((B, T, k), jnp.int32)
+    probs_all = jnp.zeros((B, T, k), jnp.float16)
+
+    def head(h, at, ids_all, probs_all):  # h [B, E] at positions `at` [B] -> (next tokens, top-k written)
+        logits = model.lm_head(params, cfg, h)
+        top, ids = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
+        return (jnp.argmax(logits, axis=-1).astype(jnp.int32), ids_all.at[rows, at].set(ids.astype(jnp.int32)),
+                probs_all.at[rows, at].set(jnp.exp(top).astype(jnp.float16)))
+
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    tok, ids_all, probs_all = head(last, lengths - 1, ids_all, probs_all)
+    out = jnp.zeros((B, new), jnp.int32)
+    done = jnp.zeros((B,), bool)
+
+    def body(c):
+        t, tok, cache, out, done, feats_all, ids_all, probs_all = c
+        p = lengths + t
+        h, cache, f = model.forward_features(params, cfg, tok[:, None], p[:, None], cache, p[:, None],
+                                             jnp.arange(T)[None, None, :] <= p[:, None, None], taps)
+        out = out.at[:, t].set(tok)
+        feats_all = feats_all.at[rows, p].set(jnp.where(done[:, None], 0, f[:, 0]).astype(jnp.float16))
+        nxt, ids_all, probs_all = head(h[:, 0], p, ids_all, probs_all)
+        for e in eos:
+            done = done | (tok == e)
+        return t + 1, nxt, cache, out, done, feats_all, ids_all, probs_all
+
+    c = (jnp.int32(0), tok, cache, out, done, feats_all, ids_all, probs_all)
+    c = jax.lax.while_loop(lambda c: (c[0] < new) & ~jnp.all(c[4]), body, c)
+    return c[3], c[5], c[6], c[7]
+
+
+def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], new: int, taps: tuple[int, ...], k: int,
+             eos: tuple[int, ...], seq_len: int, bucket: int = 32):
+    """(continuations (cut after the first EOS), features [n, seq_len, F], top-k ids, probs) of the
+    prompts' greedy continuations, in make_samples' layout, from one LLM pass (`_generate`). The prompt
+    length is padded up to a multiple of `bucket` (fewer compiled shapes)."""
+    n = len(prompts)
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    if lengths.min() < 1:
+        raise FeatureDataError("an empty prompt has nothing to continue")
+    L = int(-(-lengths.max() // bucket) * bucket)
+    if L + new > seq_len:
+        L = int(lengths.max())
+    padded = np.zeros((n, L), np.int32)
+    for b, p in enumerate(prompts):
+        padded[b, : len(p)] = p
+    out, feats, ids, probs = (np.asarray(x) for x in _generate(params, jnp.asarray(padded), jnp.asarray(lengths),
+                                                                cfg, tuple(taps), k, new, tuple(eos)))
+    conts = []
+    for b in range(n):
+        c = out[b].tolist()
+        stop = next((t for t, x in enumerate(c) if x in eos), None)
+        conts.append(c[: stop + 1] if stop is not None else c)
+    shape = lambda a: np.zeros((n, seq_len) + a.shape[2:], a.dtype)
+    F, I, Pr = shape(feats), shape(ids), shape(probs)
+    for b, c in enumerate(conts):
+        end = lengths[b] + len(c)  # the row's real positions; past them zeros, as `features` leaves them
+        F[b, :end], I[b, :end], Pr[b, :end] = feats[b, :end], ids[b, :end], probs[b, :end]
+    return conts, F, I, Pr
+
+
 def _atomic_save(path: Path, fn, *args, **kw) -> None:
     tmp = path.with_name(".tmp-" + path.name)
     with open(tmp, "wb") as f:
@@ -203,10 +287,9 @@ def build(llm, prompt_ids: Sequence[Sequence[int]], directory: str | Path, cfg: 
             "max_prompt_tokens": cfg.max_prompt_tokens, "max_new_tokens": cfg.max_new_tokens,
             "batch_size": cfg.batch_size}
     check_meta(directory, meta)
-    from specjax.engine import Engine
-    from specjax.sampling import SamplingConfig
+    from specjax import skinny
 
-    engine = Engine(llm) if responses is None else None  # one engine: its compiled loop serves every chunk
+    packed = skinny.pack_params(llm.params, llm.cfg) if responses is None else None  # decoding: the CPU kernel
     eos = tuple(sorted(set(llm.cfg.eos_token_ids) | set(getattr(llm.tokenizer, "eos_token_ids", ()) or ())))
     (directory / TOKENS).mkdir(exist_ok=True)
     chunks = -(-len(prompt_ids) // cfg.batch_size)
@@ -216,13 +299,16 @@ def build(llm, prompt_ids: Sequence[Sequence[int]], directory: str | Path, cfg: 
         part = directory / TOKENS / f"part-{c:05d}.npz"
         if not part.is_file():
             batch = [list(p)[-cfg.max_prompt_tokens:] for p in prompt_ids[c * cfg.batch_size: (c + 1) * cfg.batch_size]]
-            if responses is None:
-                res = engine.generate_incremental(batch, cfg.max_new_tokens, SamplingConfig(), eos_ids=eos)
-                conts = [r.token_ids for r in res]
+            if responses is None:  # one pass: the continuations with their features and top-k
+                conts, feats, ids, probs = generate(packed, llm.cfg, batch, cfg.max_new_tokens, cfg.taps, cfg.top_k,
+                                                    eos, cfg.seq_len)
             else:
                 conts = [list(r)[: cfg.max_new_tokens] for r in responses[c * cfg.batch_size: (c + 1) * cfg.batch_size]]
             tokens, mask = make_samples(batch, conts, cfg.seq_len, cfg.max_prompt_tokens)
             _atomic_save(part, np.savez, tokens=tokens, mask=mask)
+            if responses is None:  # the top-k file last: it marks the chunk complete
+                _atomic_save(directory / f"feat-{c:05d}.npy", np.save, feats)
+                _atomic_save(directory / f"topk-{c:05d}.npz", np.savez, ids=ids, probs=probs)
             made += int(mask.sum())
         if not (directory / f"topk-{c:05d}.npz").is_file():
             with np.load(part) as f:
