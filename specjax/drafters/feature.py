@@ -66,11 +66,20 @@ def load(directory: str | Path, llm, fingerprint: bool = True) -> FeatureSSM:
     return FeatureSSM(params=params, cfg=cfg, d2t=jnp.asarray(d2t, jnp.int32))
 
 
+DRAFT_WEIGHT_DTYPE = "bfloat16"
+
+
 def pack(fs: FeatureSSM, weight_dtype=None) -> FeatureSSM:
     """Every weight matmul of the drafter packed for the CPU kernel (specjax.skinny); unchanged when
-    the kernel is unavailable or the params are not on CPU."""
+    the kernel is unavailable or the params are not on CPU.
+
+    weight_dtype None: bfloat16 (DRAFT_WEIGHT_DTYPE). A draft step reads every weight of the drafter
+    (its 4096-token head four times a step in the default chain), so half the bytes is ~0.6x the time;
+    a drafter's precision only moves which tokens it proposes, never what the LLM accepts (measured on
+    the shipped one: held-out agreement 0.3846 vs 0.3843 with float32 weights)."""
     if not skinny.available() or not skinny.on_cpu(fs.params) or skinny.is_packed(fs.params):
         return fs
+    weight_dtype = weight_dtype or DRAFT_WEIGHT_DTYPE
     params = skinny.pack_params(fs.params, fs.cfg.layer, weight_dtype)
     params = dict(params, **{n: skinny.pack(np.asarray(fs.params[n]), weight_dtype) for n in ("fc", "inp", "head")})
     return dataclasses.replace(fs, params=params)
