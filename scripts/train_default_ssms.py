@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ship", action="store_true",
                     help="copy the trained members into specjax/default_ssms and re-measure the acceptance calibration")
     ap.add_argument("--members", default=",".join(DEFAULT_MEMBERS), help=f"comma list of {MEMBERS}")
-    ap.add_argument("--feature-prompts", type=int, default=1440, help="prompts whose continuations the LLM generates")
+    ap.add_argument("--feature-prompts", type=int, default=3000, help="prompts whose continuations the LLM generates")
     ap.add_argument("--feature-tf-prompts", type=int, default=1024, help="reference answers read teacher-forced")
     ap.add_argument("--feature-steps", type=int, default=1500)
     ap.add_argument("--heldout-prompts", type=int, default=128, help="held-out prompts for the feature SSM's agreement")
