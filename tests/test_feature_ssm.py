@@ -144,10 +144,14 @@ def test_one_pass_generation_equals_generating_then_reading_back():
     for b, (p, c) in enumerate(zip(prompts, conts)):
         P, end = len(p), len(p) + len(c)
         np.testing.assert_array_equal(i2[b, P - 1: end - 1, 0], c[: len(c)])  # greedy: each token the argmax
-        np.testing.assert_allclose(feats[b, :end].astype(np.float32), f2[b, :end].astype(np.float32), atol=2e-2, rtol=1e-2)
+        np.testing.assert_allclose(feats[b, :end].astype(np.float32), f2[b, :end].astype(np.float32), atol=2e-3, rtol=2e-3)
         np.testing.assert_array_equal(ids[b, P - 1: end], i2[b, P - 1: end])
-        np.testing.assert_allclose(probs[b, P - 1: end].astype(np.float32), p2[b, P - 1: end].astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(probs[b, P - 1: end].astype(np.float32), p2[b, P - 1: end].astype(np.float32), atol=1e-3)
         assert not feats[b, end:].any() and not ids[b, : P - 1].any() and not ids[b, end:].any()
+    with pytest.raises(fdata.FeatureDataError, match="empty prompt"):
+        fdata.generate(params, LLM, [[5], []], new, TAPS, 4, eos=(), seq_len=seq_len)
+    with pytest.raises(fdata.FeatureDataError, match="seq_len 24"):
+        fdata.generate(params, LLM, [list(range(3, 20))], new, TAPS, 4, eos=(), seq_len=seq_len)
 
 
 def _tiny_data(n=6, T=24, seed=0):

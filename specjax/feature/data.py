@@ -231,6 +231,8 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], new: in
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     if lengths.min() < 1:
         raise FeatureDataError("an empty prompt has nothing to continue")
+    if lengths.max() + new > seq_len:
+        raise FeatureDataError(f"a prompt of {lengths.max()} tokens + {new} new ones exceeds seq_len {seq_len}")
     L = int(-(-lengths.max() // bucket) * bucket)
     if L + new > seq_len:
         L = int(lengths.max())
