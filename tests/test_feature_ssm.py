@@ -213,3 +213,35 @@ def test_training_resumes_exactly_and_learns(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), full, resumed)
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert json.loads((tmp_path / ftrain.META_FILE).read_text())["step"] == 6
+
+
+def test_feature_regression_targets_the_next_positions_fused_features():
+    """tcfg.feature_weight: pass s's output at window position c is scored against fc(f_{c+1}) (clean
+    features), where c + 1 exists and c's target is trained: recomputed here position by position
+    from the full forward."""
+    llm_params, data = _tiny_data()
+    d2t, _ = ftrain.choose_vocab(data, 16, LLM.eos_token_ids, LLM.vocab_size)
+    cfg, p = _drafter(layers=1)
+    tcfg = ftrain.TrainConfig(batch_size=3, crop=20, window=12, feature_weight=1.0)
+    batch = ftrain.make_batch(data, np.arange(3), tcfg, ftrain.t2d(d2t, LLM.vocab_size))
+    embed = llm_params["embed"]
+    m = ftrain.loss_and_metrics(p, cfg, embed, {k: jnp.asarray(v) for k, v in batch.items()}, tcfg)
+    outs = fm.ttt_outputs(p, cfg, jnp.asarray(batch["feats"]), jnp.take(embed, batch["tokens"], axis=0), 3,
+                          valid=jnp.asarray(batch["valid"]))
+    g = np.asarray(fm.fuse(p, jnp.asarray(batch["feats"])))
+    C, W = tcfg.crop, tcfg.window
+    for s in (1, 2, 3):
+        o = np.asarray(outs[s - 1])
+        num = den = 0.0
+        for b in range(3):
+            for j in range(W - 1):
+                c = C - W + j
+                if batch["w"][b, j] > 0 and batch["valid"][b, c + 1] and batch["seq0"][b] + j >= s - 1:
+                    num += float(np.square(o[b, c] - g[b, c + 1]).sum())
+                    den += float(np.square(g[b, c + 1]).sum())
+        assert den > 0
+        np.testing.assert_allclose(float(m[1][f"reg{s}"]), num / den, rtol=2e-4)
+    base = ftrain.loss_and_metrics(p, cfg, embed, {k: jnp.asarray(v) for k, v in batch.items()},
+                                   ftrain.TrainConfig(batch_size=3, crop=20, window=12))
+    np.testing.assert_allclose(float(m[1]["loss1"]), float(base[1]["loss1"]) + float(m[1]["reg1"]), rtol=1e-5)
+
