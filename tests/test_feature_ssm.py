@@ -225,9 +225,11 @@ def test_feature_regression_targets_the_next_positions_fused_features():
     tcfg = ftrain.TrainConfig(batch_size=3, crop=20, window=12, feature_weight=1.0)
     batch = ftrain.make_batch(data, np.arange(3), tcfg, ftrain.t2d(d2t, LLM.vocab_size))
     embed = llm_params["embed"]
-    m = ftrain.loss_and_metrics(p, cfg, embed, {k: jnp.asarray(v) for k, v in batch.items()}, tcfg)
-    outs = fm.ttt_outputs(p, cfg, jnp.asarray(batch["feats"]), jnp.take(embed, batch["tokens"], axis=0), 3,
-                          valid=jnp.asarray(batch["valid"]))
+    loss_and_metrics = jax.jit(ftrain.loss_and_metrics, static_argnums=(1, 4))  # op by op: ~60 s of compiles
+    m = loss_and_metrics(p, cfg, embed, {k: jnp.asarray(v) for k, v in batch.items()}, tcfg)
+    outs = jax.jit(fm.ttt_outputs, static_argnums=(1, 4))(p, cfg, jnp.asarray(batch["feats"]),
+                                                           jnp.take(embed, batch["tokens"], axis=0), 3,
+                                                           valid=jnp.asarray(batch["valid"]))
     g = np.asarray(fm.fuse(p, jnp.asarray(batch["feats"])))
     C, W = tcfg.crop, tcfg.window
     for s in (1, 2, 3):
@@ -241,7 +243,7 @@ def test_feature_regression_targets_the_next_positions_fused_features():
                     den += float(np.square(g[b, c + 1]).sum())
         assert den > 0
         np.testing.assert_allclose(float(m[1][f"reg{s}"]), num / den, rtol=2e-4)
-    base = ftrain.loss_and_metrics(p, cfg, embed, {k: jnp.asarray(v) for k, v in batch.items()},
-                                   ftrain.TrainConfig(batch_size=3, crop=20, window=12))
+    base = loss_and_metrics(p, cfg, embed, {k: jnp.asarray(v) for k, v in batch.items()},
+                            ftrain.TrainConfig(batch_size=3, crop=20, window=12))
     np.testing.assert_allclose(float(m[1]["loss1"]), float(base[1]["loss1"]) + float(m[1]["reg1"]), rtol=1e-5)
 
