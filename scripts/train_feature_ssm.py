@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     t.add_argument("--intermediate", type=int, default=768)
     t.add_argument("--draft-vocab", type=int, default=4096)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--feature-weight", type=float, default=0.0,
+    t.add_argument("--feature-weight", type=float, default=1.0,
                    help="weight of the feature regression loss (EAGLE-1), relative squared error")
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--init", default=None,
