@@ -146,7 +146,7 @@ def cmd_train(args) -> int:
         params = init
     tcfg = ftrain.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, passes=args.passes,
                               seed=args.seed, checkpoint_every=args.checkpoint_every,
-                              feature_weight=args.feature_weight)
+                              **({} if args.feature_weight is None else {"feature_weight": args.feature_weight}))
     log(f"{len(data)} samples; {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M parameters; {tcfg}")
     export = lambda p, step: fm.save(out / "feature_ssm", p, cfg, d2t)
     ftrain.train(params, cfg, embed, data, d2t, tcfg, state_dir=out / "train", resume=True, log=log,
@@ -210,8 +210,9 @@ def main(argv=None) -> int:
     t.add_argument("--intermediate", type=int, default=768)
     t.add_argument("--draft-vocab", type=int, default=4096)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--feature-weight", type=float, default=1.0,
-                   help="weight of the feature regression loss (EAGLE-1), relative squared error")
+    t.add_argument("--feature-weight", type=float, default=None,
+                   help="weight of the feature regression loss (EAGLE-1), relative squared error; 0: off "
+                        "(default: TrainConfig's, 1.0)")
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--init", default=None,
                    help="warm start from this feature SSM checkpoint (its architecture and draft vocabulary; "

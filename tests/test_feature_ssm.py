@@ -242,8 +242,11 @@ def test_feature_regression_targets_the_next_positions_fused_features():
                     num += float(np.square(o[b, c] - g[b, c + 1]).sum())
                     den += float(np.square(g[b, c + 1]).sum())
         assert den > 0
-        np.testing.assert_allclose(float(m[1][f"reg{s}"]), num / den, rtol=2e-4)
+        np.testing.assert_allclose(float(m[1][f"reg{s}"]), num / den, rtol=1e-5)
     base = loss_and_metrics(p, cfg, embed, {k: jnp.asarray(v) for k, v in batch.items()},
-                            ftrain.TrainConfig(batch_size=3, crop=20, window=12))
+                            ftrain.TrainConfig(batch_size=3, crop=20, window=12, feature_weight=0.0))
     np.testing.assert_allclose(float(m[1]["loss1"]), float(base[1]["loss1"]) + float(m[1]["reg1"]), rtol=1e-5)
+    assert "reg1" not in base[1]
+    with pytest.raises(ValueError, match="feature_weight"):
+        ftrain.TrainConfig(feature_weight=-1.0)
 

@@ -54,9 +54,11 @@ class TrainConfig:
     clip_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
-    feature_weight: float = 0.0  # feature regression (EAGLE-1): each pass's output towards fc(f) one position on
+    feature_weight: float = 1.0  # feature regression (EAGLE-1): each pass's output towards fc(f) one position on; 0: off
 
     def __post_init__(self):
+        if not self.feature_weight >= 0:
+            raise ValueError(f"feature_weight must be >= 0 (0: no feature regression), got {self.feature_weight}")
         if self.window < 1 or self.crop - self.window < max(self.passes - 2, 0):
             raise ValueError(f"crop {self.crop} must exceed window {self.window} by at least passes - 2 = "
                              f"{max(self.passes - 2, 0)} context positions")

@@ -1,0 +1,20 @@
+"""MAT of the shipped feature SSM alone with another chain shape than the default (FEATURE_EXPANSION),
+on measure_acceptance's held-out prompts (48), greedy, 96 tokens; nothing written. docs/benchmarks.md.
+
+    python scripts/measure_feature_chain.py 3,1,1,1,1
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from specjax.drafters import setup  # noqa: E402
+
+try:
+    setup.FEATURE_EXPANSION = tuple(int(x) for x in sys.argv[1].split(","))
+    assert setup.FEATURE_EXPANSION and min(setup.FEATURE_EXPANSION) >= 1
+except (IndexError, ValueError, AssertionError):
+    sys.exit("measure_feature_chain.py: give the expansion as positive integers separated by commas, e.g. 3,1,1,1,1")
+import measure_acceptance  # noqa: E402
+
+measure_acceptance.main(["--count", "48", "--only", "feature"])
