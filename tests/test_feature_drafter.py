@@ -1,6 +1,6 @@
 """The `feature` drafter (an EAGLE-style feature SSM, specjax.drafters.feature) in the engine, on a tiny
-random LLaMA LLM: its cache entries and chain drafts are the teacher-forced training forward's
-(ttt_outputs); greedy speculative output equals incremental, alone and merged with recycle + lookup
+random LLaMA LLM: its cache entries, chain drafts and their path scores (the drafter's own
+path probability) are the teacher-forced training forward's (ttt_outputs); greedy speculative output equals incremental, alone and merged with recycle + lookup
 under a budget, with a random drafter (rejections) and one distilled on the LLM (paths of 4 accepted);
 continuous batching is exact; sampled drafts over a draft vocabulary (q scattered through d2t) keep
 the LLM's distribution, and a wrong scatter is caught; checkpoints round-trip and one made for
@@ -126,14 +126,19 @@ def test_cache_entries_and_chain_drafts_are_the_training_forward(llm, random_fs)
         feats, _ = llm_features(llm, seq)
         emb = jnp.take(llm.params["embed"], seq[:, 1:], axis=0)
         outs = fm.ttt_outputs(random_fs.params, random_fs.cfg, feats[:, :-1], emb, passes=3)
-        top = [fm.logits(random_fs.params, random_fs.cfg, o).argmax(-1) for o in outs]
-        return outs[0], jnp.stack([random_fs.d2t[t] for t in top])
+        probs = [jax.nn.softmax(fm.logits(random_fs.params, random_fs.cfg, o), axis=-1) for o in outs]
+        return outs[0], jnp.stack([random_fs.d2t[p.argmax(-1)] for p in probs]), jnp.stack([p.max(-1) for p in probs])
 
-    o1, drafted = teacher(jnp.asarray(seq))
+    o1, drafted, top_p = teacher(jnp.asarray(seq))
     rows = np.arange(len(PROMPTS))
     np.testing.assert_allclose(np.asarray(o_root), np.asarray(o1)[rows, P - 1], atol=1e-4)
     for d in range(3):  # the depth d + 1 child is pass d + 1's argmax at P - 1 + d
         np.testing.assert_array_equal(chain[:, d], np.asarray(drafted)[d, rows, P - 1 + d])
+    # greedy path scores (confidence): the drafter's own probability of each path, the product of its
+    # softmax at every node along it (EAGLE-2), not the static calibration
+    path_p = np.cumprod(np.stack([np.asarray(top_p)[d, rows, P - 1 + d] for d in range(3)], 1), axis=1)
+    np.testing.assert_allclose(np.asarray(prop.score), path_p, rtol=1e-4)
+    assert not np.allclose(path_p, path_p[:1])  # the scores follow each row's context
 
 
 # ----------------------------------------------------------------------------- exactness
