@@ -109,9 +109,11 @@ def main(argv=None) -> int:
         d = engine.drafters[0]
         hits = np.zeros(1 + d.topology.num_nodes)
         steps = tokens = 0
+        results = []
         for i in range(0, len(prompts), args.batch_size):
             res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens, SamplingConfig(),
                                        eos_ids=eos)
+            results += res
             hits += np.asarray(engine.last_hits).sum(0)
             steps += sum(r.llm_steps for r in res)
             tokens += sum(len(r.token_ids) for r in res)
@@ -120,6 +122,11 @@ def main(argv=None) -> int:
         out["shapes"][name] = [int(x) for x in d.topology.parents]
         if d.kind != "lookup":
             out["rates"][name] = acceptance.from_hits(hits[1:], d.topology, steps)
+        else:  # per depth and matched n, on the LLM's own outputs (the chains find proposes at every root)
+            from specjax.drafters import lookup
+
+            out["rates"][name] = lookup.measure_rates([r.prompt_ids + r.token_ids for r in results],
+                                                      [len(r.prompt_ids) - 1 for r in results], d)
         out["mat"][name] = round(tokens / max(steps, 1), 3)
         print(name, "MAT", out["mat"][name], "node acceptance", out["node_acceptance"][name], flush=True)
     text = json.dumps(out, indent=1)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 
 from specjax import drafters, model
 from specjax.config import ModelConfig
-from specjax.drafters import DrafterError, lookup, recycle
+from specjax.drafters import DrafterError, acceptance, lookup, recycle
 from specjax.drafters.base import Proposal, expansion_topology
 from specjax.drafters.merge import concat_layout, merge
 from specjax.engine import Engine, EngineError, LoadedModel
@@ -126,6 +126,24 @@ def test_lookup_finds_the_most_recent_longest_match():
     np.testing.assert_array_equal(prop.tokens[0], [8, 5, 6, 7])
     np.testing.assert_array_equal(prop.valid, [[True] * 4, [True, True, True, False], [False] * 4])
     assert float(prop.score[0, 0]) > float(prop.score[1, 0])  # a 3-gram match outranks a 2-gram one
+
+
+def test_lookup_rates_are_measured_on_the_chains_find_proposes():
+    rng = np.random.RandomState(0)
+    toks = rng.randint(0, 4, size=(16, 40)).astype(np.int32)  # a small alphabet: matches of every length
+    roots = rng.randint(0, 40, size=16).astype(np.int32)
+    start, n = lookup.find(jnp.asarray(toks), jnp.asarray(roots), max_ngram=6)
+    host = [lookup.match_host(t, int(p), 6) for t, p in zip(toks, roots)]
+    np.testing.assert_array_equal(np.asarray(n), [m for _, m in host])
+    np.testing.assert_array_equal(np.where(np.asarray(n) > 0, np.asarray(start), 0), [s for s, _ in host])
+    # seq 7 8 7 8 7 8 9, roots 1..5 (root 1 has no earlier 8): root 2 matches n = 1 (7 at 0) -> 8, 7:
+    # both what the LLM wrote; root 3, n = 2 ("7 8" at 0..1) -> 7, 8: both right; root 4, n = 3 ("7 8 7"
+    # at 0..2) -> 8 right, 7 wrong (9); root 5, n = 3 ("8 7 8" at 1..3) -> 7 wrong, one token left to check
+    seq = [7, 8, 7, 8, 7, 8, 9]
+    rates = lookup.measure_rates([seq], [1], lookup.Config(length=2, max_ngram=3), min_tried=1)
+    assert rates == [[1.0, 1.0, 0.5], [1.0, 1.0, 0.0]]
+    assert lookup.measure_rates([seq], [1], lookup.Config(length=2, max_ngram=3), min_tried=5)[0][0] == \
+        acceptance.rate_fn(acceptance.PRIORS["lookup"])(1, 0)  # too few tries: the prior
 
 
 def test_empty_recycling_rows_propose_nothing():

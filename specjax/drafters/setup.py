@@ -15,8 +15,9 @@ from specjax.drafters import DrafterError, KINDS, acceptance, feature, lookup, r
 AUTO_SSM_EXPANSION = (3, 1, 1, 1)  # the SSMs' expansion under --tree auto (the budget prunes it)
 RECYCLE_EXPANSION = (3, 1, 1, 1)  # the issue's simulation: 1.50 MAT alone on Spec-Bench
 FEATURE_EXPANSION = (3, 1, 1, 1)  # the feature SSM's tree (the budget prunes it)
-LOOKUP_LENGTH = 4
-LOOKUP_NGRAM = 3
+FEATURE_CONFIDENCE = True  # greedy: the budget ranks its nodes by its own path probability (feature.Config)
+LOOKUP_LENGTH = 8  # a copy once right goes on: 8 nodes, the budget keeps what its match length earns
+LOOKUP_NGRAM = 8  # matched length = confidence: 22% (1 token) to 94% (8) first-token acceptance
 
 
 def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple, tree,
@@ -48,7 +49,7 @@ def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple,
             if feature_cfg is None:
                 raise DrafterError("drafter 'feature' needs a feature SSM (--feature-ssm DIR)")
             out.append(feature.Config(model=feature_cfg, expansion=FEATURE_EXPANSION,
-                                      rates=acceptance.rates("feature", "feature")))
+                                      rates=acceptance.rates("feature", "feature"), confidence=FEATURE_CONFIDENCE))
         elif item == "recycle":
             k = min(recycle.DEFAULT_K, llm_cfg.vocab_size)
             out.append(recycle.Config(vocab_size=llm_cfg.vocab_size, k=k,
