@@ -32,6 +32,7 @@ from specjax import sharding
 
 WARMUP_CALLS = 1  # loop calls not judged (the first runs 4 steps: too few to time)
 MIN_STEPS = 32  # speculative steps judged before any decision (lookup drafts little early on)
+MARGIN = 0.9  # from_costs: speculation falls back below 0.9x the incremental estimate (FallbackConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,17 +41,22 @@ class FallbackConfig:
     loop_seconds: what the real incremental loop adds to each step beside that forward (autotune's
     measured incremental step - verify(1)); an incremental step over B rows is taken to cost
     verify_seconds at N = B (interpolated) + loop_seconds.
-    margin: speculation is kept while its tokens/s >= margin x incremental's estimate."""
+    margin: speculation is kept while its tokens/s >= margin x incremental's estimate. Default
+    MARGIN: the estimate is a lower bound on what incremental decoding costs (the fastest of its
+    timed repeats, at a 100-token context) while speculation is timed as it runs, at the request's
+    own context, over ~1 s; on this project's 2-core VMs run-to-run spread is +-10%, and with margin
+    1.0 two Spec-Bench runs (docs/benchmarks.md, 2026-12-07) sent 4 and 2 of 14 requests back to
+    incremental decoding that, run again alone, speculated to the end (summarization: MAT 1.75)."""
 
     verify_seconds: tuple[tuple[int, float], ...]
     margin: float = 1.0
     loop_seconds: float = 0.0
 
     @classmethod
-    def from_costs(cls, costs: dict, margin: float = 1.0) -> "FallbackConfig":
+    def from_costs(cls, costs: dict, margin: float | None = None) -> "FallbackConfig":
         verify = tuple(sorted((int(n), float(s)) for n, s in costs["verify"].items()))
         loop = max(float(costs.get("incremental", verify[0][1])) - dict(verify)[1], 0.0)
-        return cls(verify, margin, loop)
+        return cls(verify, MARGIN if margin is None else margin, loop)
 
     def incremental_step_seconds(self, rows: int) -> float:
         ns, ss = zip(*self.verify_seconds)
