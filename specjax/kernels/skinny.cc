@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -128,13 +129,29 @@ static void parallel_for(ffi::ThreadPool& pool, int64_t items, bool parallel, Fn
   }
 }
 
+// x [M, K] -> xt [K, M] in `buf` (the kernels read x k-major); x itself when M == 1.
+static const float* k_major(const float* x, int64_t M, int64_t K, std::vector<float>& buf) {
+  if (M == 1) return x;
+  buf.resize(size_t(M * K));
+  float* xt = buf.data();
+  constexpr int64_t KB = 64;  // a block of k for all rows: reads M short runs, writes one contiguous block
+  for (int64_t k0 = 0; k0 < K; k0 += KB) {
+    const int64_t k1 = std::min(K, k0 + KB);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = k0; k < k1; ++k) xt[k * M + m] = x[m * K + k];
+  }
+  return xt;
+}
+
 template <typename W, typename Run>
 static void matmul(ffi::ThreadPool& pool, Run run, const float* x, int64_t M, int64_t K, const W* w,
                    int64_t N, float* y) {
   const int64_t panels = (N + NB - 1) / NB;
   const int64_t bytes = panels * K * NB * int64_t(sizeof(W));
+  thread_local std::vector<float> buf;  // per calling thread: XLA may run two calls at once
+  const float* xt = k_major(x, M, K, buf);
   parallel_for(pool, panels, bytes >= kMinParallelBytes,
-               [run, x, M, K, w, N, y](int64_t p0, int64_t p1) { run(x, M, K, w, N, y, p0, p1); });
+               [run, xt, M, K, w, N, y](int64_t p0, int64_t p1) { run(xt, M, K, w, N, y, p0, p1); });
 }
 
 template <ffi::DataType WT>

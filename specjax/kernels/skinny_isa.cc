@@ -7,7 +7,9 @@
 //
 // Packed layout: W [K, N] is stored as panels P [NP, K, 16], P[p, k, j] = W[k, 16 p + j] (zero
 // past N). A 16-column panel is contiguous, so a micro-tile streams it once while MR rows of x
-// accumulate in registers; x blocks of MB rows stay in L2 across panels.
+// accumulate in registers. x comes k-major, xt [K, M] (skinny.cc transposes it once per call): the
+// values a tile broadcasts at one k share a cache line, so x is read as one more sequential stream
+// instead of MR streams with stride K that, beside the panel, overflow L1 from ~12 rows on.
 #include <cstdint>
 #include <cstring>
 #if defined(__x86_64__)
@@ -88,7 +90,7 @@ constexpr int P = NB / W;  // registers per panel row
 // in order; the panel is prefetched `ahead` k rows on (a k row of a float panel is one 64-byte line),
 // to keep the memory stream busy while the FMAs run.
 template <int R, int64_t ahead, typename WT>
-static inline __attribute__((always_inline)) void fma_rows(vec (&acc)[R][P], const float* __restrict x, int64_t ldx,
+static inline __attribute__((always_inline)) void fma_rows(vec (&acc)[R][P], const float* __restrict x, int64_t ldk,
                                                           const WT* __restrict panel, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; ++k) {
     __builtin_prefetch(panel + (k + ahead) * NB);
@@ -97,7 +99,7 @@ static inline __attribute__((always_inline)) void fma_rows(vec (&acc)[R][P], con
     for (int j = 0; j < P; ++j) w[j] = vload(panel + k * NB + j * W);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const vec xb = vset1(x[r * ldx + k]);
+      const vec xb = vset1(x[k * ldk + r]);
 #pragma GCC unroll 16
       for (int j = 0; j < P; ++j) acc[r][j] = vfma(xb, w[j], acc[r][j]);
     }
@@ -110,7 +112,7 @@ static inline __attribute__((always_inline)) void fma_rows(vec (&acc)[R][P], con
 // floats as an incremental step). Few rows leave the FMA units idle, but they are far faster than
 // memory then.
 template <int R, typename WT>
-static inline __attribute__((always_inline)) void tile(const float* __restrict x, int64_t ldx,
+static inline __attribute__((always_inline)) void tile(const float* __restrict x, int64_t ldk,
                                                       const WT* __restrict panel, int64_t K,
                                                       float* __restrict y, int64_t ldy, int nc) {
   vec acc[R][P];
@@ -118,7 +120,7 @@ static inline __attribute__((always_inline)) void tile(const float* __restrict x
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int j = 0; j < P; ++j) acc[r][j] = vzero();
-  fma_rows<R, SKINNY_PREFETCH>(acc, x, ldx, panel, 0, K);  // 4 KB ahead
+  fma_rows<R, SKINNY_PREFETCH>(acc, x, ldk, panel, 0, K);  // 4 KB ahead
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     if (nc == NB) {
@@ -135,7 +137,7 @@ static inline __attribute__((always_inline)) void tile(const float* __restrict x
 // y[r, 0:16] partial sums for r < R over k in [k0, k1), carried in acc_buf [R][16] between calls
 // (zeros when k0 == 0): the same FMA chain over k in order as `tile`, so the floats are the same.
 template <int R, typename WT>
-static inline __attribute__((always_inline)) void tile_k(const float* __restrict x, int64_t ldx,
+static inline __attribute__((always_inline)) void tile_k(const float* __restrict x, int64_t ldk,
                                                         const WT* __restrict panel, int64_t k0, int64_t k1,
                                                         int64_t K, float* __restrict acc_buf) {
   vec acc[R][P];
@@ -144,7 +146,7 @@ static inline __attribute__((always_inline)) void tile_k(const float* __restrict
 #pragma GCC unroll 16
     for (int j = 0; j < P; ++j) acc[r][j] = k0 == 0 ? vzero() : vload(acc_buf + r * NB + j * W);
   // Ahead of the block, so the memory stream keeps going while later tiles reuse it from L1.
-  fma_rows<R, SKINNY_PREFETCH_BLOCKED>(acc, x, ldx, panel, k0, k1);
+  fma_rows<R, SKINNY_PREFETCH_BLOCKED>(acc, x, ldk, panel, k0, k1);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
@@ -158,13 +160,15 @@ static inline __attribute__((always_inline)) void tile_k(const float* __restrict
 // whole panel would read it from memory once and then from cache with the memory stream idle, which
 // made 8 rows cost ~1.4x 6 rows.
 template <int MR, typename W>
-static void tile_rows(const float* x, int64_t rows, int64_t K, const W* panel, float* y, int64_t N, int nc) {
+static void tile_rows(const float* x, int64_t ldk, int64_t rows, int64_t K, const W* panel, float* y, int64_t N,
+                      int nc) {
   const int64_t tiles = (rows + MR - 1) / MR;
   if (tiles == 1) {
     switch (rows) {
-#define SKINNY_ROWS(n) case n: if constexpr (n <= MR) tile<n>(x, K, panel, K, y, N, nc); break;
+#define SKINNY_ROWS(n) case n: if constexpr (n <= MR) tile<n>(x, ldk, panel, K, y, N, nc); break;
       SKINNY_ROWS(1) SKINNY_ROWS(2) SKINNY_ROWS(3) SKINNY_ROWS(4) SKINNY_ROWS(5) SKINNY_ROWS(6)
       SKINNY_ROWS(7) SKINNY_ROWS(8) SKINNY_ROWS(9) SKINNY_ROWS(10) SKINNY_ROWS(11) SKINNY_ROWS(12)
+      SKINNY_ROWS(13) SKINNY_ROWS(14) SKINNY_ROWS(15) SKINNY_ROWS(16)
 #undef SKINNY_ROWS
       default: break;
     }
@@ -176,9 +180,10 @@ static void tile_rows(const float* x, int64_t rows, int64_t K, const W* panel, f
     for (int64_t t = 0, m = 0; t < tiles; ++t) {
       const int r = int((rows - m) / (tiles - t));  // rows left spread over the tiles left
       switch (r) {
-#define SKINNY_ROWS(n) case n: if constexpr (n <= MR) tile_k<n>(x + m * K, K, panel, k0, k1, K, acc[m]); break;
+#define SKINNY_ROWS(n) case n: if constexpr (n <= MR) tile_k<n>(x + m, ldk, panel, k0, k1, K, acc[m]); break;
         SKINNY_ROWS(1) SKINNY_ROWS(2) SKINNY_ROWS(3) SKINNY_ROWS(4) SKINNY_ROWS(5) SKINNY_ROWS(6)
         SKINNY_ROWS(7) SKINNY_ROWS(8) SKINNY_ROWS(9) SKINNY_ROWS(10) SKINNY_ROWS(11) SKINNY_ROWS(12)
+        SKINNY_ROWS(13) SKINNY_ROWS(14) SKINNY_ROWS(15) SKINNY_ROWS(16)
 #undef SKINNY_ROWS
         default: break;
       }
@@ -188,7 +193,7 @@ static void tile_rows(const float* x, int64_t rows, int64_t K, const W* panel, f
   for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * N, acc[r], sizeof(float) * nc);
 }
 
-// Panels [p0, p1) of y = x @ W, all M rows (blocked by MB rows so an x block stays in cache).
+// Panels [p0, p1) of y = x @ W, all M rows, x given k-major as xt [K, M] (blocked by MB rows).
 template <int MR, typename W>
 static void run_panels(const float* x, int64_t M, int64_t K, const W* panels, int64_t N, float* y,
                        int64_t p0, int64_t p1) {
@@ -198,7 +203,7 @@ static void run_panels(const float* x, int64_t M, int64_t K, const W* panels, in
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t left = N - p * NB;
       const int nc = left < NB ? int(left) : NB;
-      tile_rows<MR>(x + m0 * K, rows, K, panels + p * K * NB, y + m0 * N + p * NB, N, nc);
+      tile_rows<MR>(x + m0, M, rows, K, panels + p * K * NB, y + m0 * N + p * NB, N, nc);
     }
   }
 }
