@@ -71,6 +71,7 @@ class Generator:
             raise EngineError("--mode spec needs at least one drafter (--ssm DIR, or --drafters recycle,lookup)")
         self.tree = tree or TreeConfig(num_ssms=max(len(self.ssms), 1))
         self.choice = choice
+        self.costs: dict | None = None  # the automatic choice's measured costs (load sets them)
         spec = self.mode == "spec"
         self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len,
                              mesh=mesh, drafters=names if spec else (), budget=budget if spec else None,
@@ -183,7 +184,27 @@ class Generator:
             from specjax.fallback import FallbackConfig
 
             gen.engine.fallback = FallbackConfig.from_costs(costs)
+            gen.costs = costs
         return gen
+
+    def speculates_at(self, rows: int) -> bool:
+        """Whether a batch of `rows` rows decodes speculatively: in spec mode, unless the automatic
+        choice made it and its estimate at that many rows (autotune.speedup_at_rows) is below
+        incremental decoding's (a chosen mode or budget is kept as given). The output is the same
+        either way (greedy: token for token; sampled: in distribution)."""
+        if self.mode != "spec":
+            return False
+        if self.choice is None or self.costs is None or rows <= 1:
+            return True
+        from specjax import autotune
+
+        s = autotune.speedup_at_rows(self.costs, self.choice, rows)
+        if s >= autotune.MARGIN:
+            return True
+        if self.engine.progress is not None:
+            self.engine.progress(f"auto: {rows} rows at a time: incremental decoding (the choice would run at est. "
+                                 f"{s:.2f}x incremental with {rows} x {self.choice.budget + 1} tokens a step)")
+        return False
 
     def describe(self) -> str:
         c = self.llm.cfg
@@ -235,14 +256,16 @@ class Generator:
                 return []
             from specjax import batching as batching_lib
 
-            return batching_lib.generate(self.engine, prompts, max_new_tokens, self.mode == "spec", batch_size,
+            spec = self.speculates_at(min(batch_size, len(prompts)))
+            return batching_lib.generate(self.engine, prompts, max_new_tokens, spec, batch_size,
                                          sampling, seed, eos, on_finish=on_result, should_stop=should_stop,
                                          row_tiers=row_tiers)
         out: list[GenerationResult] = []
+        spec = self.speculates_at(min(batch_size, len(prompts)))
         for i in range(0, len(prompts), batch_size):
             batch = [list(p) for p in prompts[i:i + batch_size]]
             hook = None if on_result is None else (lambda b, r, i=i: on_result(i + b, r))
-            gen = self.engine.generate_spec if self.mode == "spec" else self.engine.generate_incremental
+            gen = self.engine.generate_spec if spec else self.engine.generate_incremental
             out += gen(batch, max_new_tokens, sampling, seed, eos, on_finish=hook, should_stop=should_stop,
                        first_index=i)
         return out

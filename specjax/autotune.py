@@ -366,6 +366,24 @@ def candidates(costs: dict, drafters: tuple, budgets=BUDGETS) -> list[tuple]:
     return out
 
 
+def speedup_at_rows(costs: dict, choice: Choice, rows: int) -> float:
+    """The choice's estimated speedup over incremental decoding when the loop runs `rows` rows at a
+    time (the choice itself is made for one). A step's matmuls then take rows x (budget + 1) tree
+    tokens against rows for an incremental step, and on a CPU that many rows stop being free: measured
+    on Zen 4, 8 rows x 5 nodes cost ~3.7x one token while 8 incremental rows cost ~1.2x, so the choice
+    that gives 1.5x alone ran at half of incremental's speed in a batch of 8 (docs/benchmarks.md). The
+    verify curve is taken as a function of the step's total rows (interpolated, linear past its end),
+    the drafters' cost scaled as the LLM's from 1 to `rows` rows, what the loop adds as at one row."""
+    if not choice.drafters or choice.budget is None:
+        return 1.0
+    v = {int(n): float(x) for n, x in costs["verify"].items()}
+    loop = float(costs.get("incremental", v[1])) - v[1]
+    inc = _interp(v, rows) + loop
+    draft = sum(float(costs["drafters"][n]) for n in choice.drafters) * _interp(v, rows) / v[1]
+    spec = draft + _interp(v, rows * (choice.budget + 1)) + loop
+    return choice.expected_tokens * inc / spec
+
+
 def choose(costs: dict, drafters: tuple, budgets=BUDGETS, allow_incremental: bool = True) -> Choice:
     """The best mix of drafters and budget (`candidates`), or incremental (unless allow_incremental
     is False: --mode spec then gets the best tree even if it is slower)."""

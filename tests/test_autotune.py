@@ -155,3 +155,39 @@ def test_auto_choice_in_the_generator(monkeypatch):
         assert gen.mode == mode and gen.choice is not None
         if mode == "spec":
             assert gen.engine.budget == gen.choice.budget
+
+
+def test_a_batch_speculates_only_where_its_rows_still_pay(monkeypatch):
+    """The choice is made for one row; a batch of B rows verifies B x (budget + 1) tree tokens a step
+    against B for incremental decoding. Worked example on a curve that is flat to 4 tokens, then
+    grows one unit per 4: verify(N) = max(1, N / 4)."""
+    curve = {"verify": {n: max(1.0, n / 4) for n in autotune.VERIFY_SIZES},
+             "drafters": {"recycle": 0.1, "lookup": 0.0}, "incremental": 1.0}
+    choice = autotune.Choice(("recycle",), 3, 2.0, 2.0 / 1.1, "")
+    # One row: 2 tokens for verify(4) + 0.1 = 1.1 against 1.0.
+    assert autotune.speedup_at_rows(curve, choice, 1) == pytest.approx(2.0 / 1.1)
+    # 4 rows: 16 tree tokens, verify 4.0, + drafters 0.1 x verify(4)/verify(1) = 0.1: 2.0 x 1.0 / 4.1.
+    assert autotune.speedup_at_rows(curve, choice, 4) == pytest.approx(2.0 / 4.1)
+    # 16 rows: 64 tokens, past the curve's end (32 -> 8.0, slope 0.25): 16.0; incremental verify(16) = 4.0.
+    assert autotune.speedup_at_rows(curve, choice, 16) == pytest.approx(2.0 * 4.0 / (0.4 + 16.0))
+
+    # The generator decodes such a batch incrementally (same output), a single row speculatively.
+    from specjax import api, batching
+
+    llm = LoadedModel(model.init_params(CFG, jax.random.PRNGKey(0)), CFG)
+    monkeypatch.setattr(api, "load", lambda path, mesh=None, split=None: llm)
+    monkeypatch.setattr(autotune, "load_or_measure", lambda engine, log=None: (curve, False))
+    monkeypatch.setattr(autotune, "choose", lambda costs, drafters, **kw: choice)
+    gen = api.Generator.load(llm="x", drafters="recycle,lookup")
+    notes = []
+    gen.engine.progress = notes.append
+    assert gen.mode == "spec" and gen.speculates_at(1) and not gen.speculates_at(4)
+    assert notes and "4 rows at a time: incremental" in notes[0]
+    seen = []
+    monkeypatch.setattr(batching, "generate", lambda engine, prompts, n, spec, *a, **kw: seen.append(spec) or [])
+    gen.generate_ids([[1, 2, 3]] * 4, max_new_tokens=4, batch_size=4)
+    gen.generate_ids([[1, 2, 3]], max_new_tokens=4, batch_size=4)
+    assert seen == [False, True]
+    # A mode or budget given by the user is kept.
+    forced = api.Generator.load(llm="x", drafters="recycle,lookup", budget=3)
+    assert forced.speculates_at(8)
