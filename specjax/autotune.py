@@ -370,7 +370,7 @@ def speedup_at_rows(costs: dict, choice: Choice, rows: int) -> float:
     """The choice's estimated speedup over incremental decoding when the loop runs `rows` rows at a
     time (the choice itself is made for one). A step's matmuls then take rows x (budget + 1) tree
     tokens against rows for an incremental step, and on a CPU that many rows stop being free: measured
-    on Zen 4, 8 rows x 5 nodes cost ~3.7x one token while 8 incremental rows cost ~1.2x, so the choice
+    on Zen 4, 32 tree tokens cost ~3x one token while 8 incremental rows cost ~1.2x, so the choice
     that gives 1.5x alone ran at half of incremental's speed in a batch of 8 (docs/benchmarks.md). The
     verify curve is taken as a function of the step's total rows (interpolated, linear past its end),
     the drafters' cost scaled as the LLM's from 1 to `rows` rows, what the loop adds as at one row."""

@@ -79,9 +79,13 @@ def node_acceptance(name: str, num_nodes: int):
 
 
 def merged_mat(names) -> dict[int, float] | None:
-    """Measured greedy MAT {budget: MAT} of drafters `names` merged (in engine order), from the
-    shipped file's "merged" table (scripts/measure_acceptance.py --merged), or None."""
-    row = _shipped().get("merged", {}).get("+".join(names))
+    """Measured greedy MAT {budget: MAT} of drafters `names` merged, from the shipped file's "merged"
+    table (scripts/measure_acceptance.py --merged, keyed in the engine order it measured), or None.
+    Any order of the same names finds it: the budget keeps each step's best nodes whichever drafter
+    comes first (`specjax bench` lists them recycle, lookup, feature and was estimating instead)."""
+    merged = _shipped().get("merged", {})
+    row = merged.get("+".join(names)) or next(
+        (r for key, r in merged.items() if sorted(key.split("+")) == sorted(names)), None)
     return None if not row else {int(n): float(m) for n, m in row.items()}
 
 
