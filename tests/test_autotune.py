@@ -194,3 +194,15 @@ def test_a_batch_speculates_only_where_its_rows_still_pay(monkeypatch):
     # A mode or budget given by the user is kept.
     forced = api.Generator.load(llm="x", drafters="recycle,lookup", budget=3)
     assert forced.speculates_at(8)
+
+
+def test_a_bigger_budget_must_win_by_the_margin(monkeypatch):
+    """Within MARGIN of the best, the smallest budget is chosen (a bigger tree's loop costs more than
+    the forward curve says); a bigger one that wins by more is kept."""
+    c = costs(per_node=0.01)
+    for b8, want in ((2.01, 4), (2.10, 8)):
+        cands = [(1.98, ("feature", "lookup"), 4, 2.3, 1.1, "measured mix"),
+                 (b8, ("feature", "lookup"), 8, 2.6, 1.2, "measured mix"),
+                 (1.50, ("lookup",), 2, 1.6, 1.0, "measured alone")]
+        monkeypatch.setattr(autotune, "candidates", lambda costs, drafters, budgets, cands=cands: cands)
+        assert autotune.choose(c, DRAFTERS).budget == want
