@@ -24,3 +24,14 @@ for plane in pd.planes:
             tot[(line.name[:24], name)] += ev.duration_ns; cnt[(line.name[:24], name)] += 1
 for (ln, n), ns in tot.most_common(28):
     print(f"{ns / 1e6 / steps:8.3f} ms/step n/step={cnt[(ln, n)] / steps:7.1f}  {ln:24s} {n}")
+# Kernel calls (ffi_call) on XLA's threads: total busy time, and time with two running at once.
+evs = sorted((ev.start_ns, ev.start_ns + ev.duration_ns) for plane in pd.planes for line in plane.lines
+             if "Eigen" in line.name for ev in line.events if ev.name.startswith("ffi_call"))
+pts = sorted([(s, 1) for s, e in evs] + [(e, -1) for s, e in evs])
+cur, last, both, busy = 0, None, 0.0, 0.0
+for t, dlt in pts:
+    if last is not None:
+        both += (t - last) if cur >= 2 else 0
+        busy += (t - last) if cur >= 1 else 0
+    cur, last = cur + dlt, t
+print(f"kernel calls {len(evs) / steps:.1f} a step, {busy / 1e6 / steps:.2f} ms a step, two at once {both / 1e6 / steps:.3f} ms a step")
