@@ -72,6 +72,7 @@ class Generator:
         self.tree = tree or TreeConfig(num_ssms=max(len(self.ssms), 1))
         self.choice = choice
         self.costs: dict | None = None  # the automatic choice's measured costs (load sets them)
+        self.last_mode = self.mode  # how generate_ids' last call decoded (a batch may go incremental)
         spec = self.mode == "spec"
         self.engine = Engine(llm, ssms=self.ssms, tree=self.tree if self.ssms else None, max_len=max_len,
                              mesh=mesh, drafters=names if spec else (), budget=budget if spec else None,
@@ -257,11 +258,13 @@ class Generator:
             from specjax import batching as batching_lib
 
             spec = self.speculates_at(min(batch_size, len(prompts)))
+            self.last_mode = "spec" if spec else "incremental"
             return batching_lib.generate(self.engine, prompts, max_new_tokens, spec, batch_size,
                                          sampling, seed, eos, on_finish=on_result, should_stop=should_stop,
                                          row_tiers=row_tiers)
         out: list[GenerationResult] = []
         spec = self.speculates_at(min(batch_size, len(prompts)))
+        self.last_mode = "spec" if spec else "incremental"
         for i in range(0, len(prompts), batch_size):
             batch = [list(p) for p in prompts[i:i + batch_size]]
             hook = None if on_result is None else (lambda b, r, i=i: on_result(i + b, r))

@@ -229,7 +229,7 @@ def _summary(gen, outs: list[dict]) -> None:
         for name, n in out.get("drafter_tokens", {}).items():
             by[name] = by.get(name, 0) + n
     per = (" accepted_by=" + ",".join(f"{k}:{v}" for k, v in by.items())) if by else ""
-    print(f"mode={gen.mode} prompts={len(outs)} new_tokens={total_tokens} llm_steps={total_steps} "
+    print(f"mode={gen.last_mode} prompts={len(outs)} new_tokens={total_tokens} llm_steps={total_steps} "
           f"MAT={mat:.2f}{per} tokens/s={total_tokens / max(total_seconds, 1e-9):.1f} "
           f"compile_s={gen.engine.compile_seconds:.1f} (not in tokens/s)", file=sys.stderr)
 

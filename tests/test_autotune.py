@@ -189,8 +189,9 @@ def test_a_batch_speculates_only_where_its_rows_still_pay(monkeypatch):
     seen = []
     monkeypatch.setattr(batching, "generate", lambda engine, prompts, n, spec, *a, **kw: seen.append(spec) or [])
     gen.generate_ids([[1, 2, 3]] * 4, max_new_tokens=4, batch_size=4)
+    assert gen.last_mode == "incremental"  # what the CLI's summary line reports
     gen.generate_ids([[1, 2, 3]], max_new_tokens=4, batch_size=4)
-    assert seen == [False, True]
+    assert seen == [False, True] and gen.last_mode == "spec"
     # A mode or budget given by the user is kept.
     forced = api.Generator.load(llm="x", drafters="recycle,lookup", budget=3)
     assert forced.speculates_at(8)
