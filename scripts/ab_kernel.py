@@ -20,6 +20,14 @@ ap.add_argument("--old", required=True, help="an older specjax/kernels directory
 ap.add_argument("--sizes", default="1,4,8,12,16,32")
 ap.add_argument("--repeats", type=int, default=15)
 args = ap.parse_args()
+if not (Path(args.old) / "build.py").is_file():
+    ap.error(f"--old {args.old}: not a specjax/kernels directory (no build.py there)")
+try:
+    sizes = [int(t) for t in args.sizes.split(",")]
+except ValueError:
+    ap.error(f"--sizes {args.sizes!r}: expected row counts like 1,8,16")
+if not sizes or not all(1 <= t <= skinny.MAX_ROWS for t in sizes) or args.repeats < 1:
+    ap.error(f"--sizes must be row counts in 1..{skinny.MAX_ROWS} (the kernel's range) and --repeats >= 1")
 
 tmp = Path(tempfile.mkdtemp())
 src = tmp / "src"
@@ -52,7 +60,6 @@ def chain_for(target):
 
 
 chains = {name: chain_for(t) for name, t in targets.items()}
-sizes = [int(t) for t in args.sizes.split(",")]
 xs = {T: jax.random.normal(jax.random.PRNGKey(T), (1, T, D)) for T in sizes}
 outs = {(n, T): np.asarray(c(p, xs[T])) for n, c in chains.items() for T in sizes}
 ts = {(n, T): [] for n in chains for T in sizes}

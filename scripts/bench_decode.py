@@ -105,6 +105,8 @@ def main():
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--batched-only", action="store_true", help="only the batched part (no transformers run)")
     args = ap.parse_args()
+    if args.new_tokens < 2 or args.repeats < 1:
+        ap.error("--new-tokens must be >= 2 (decode rates come from two lengths) and --repeats >= 1")
     if args.batched_only:
         batched(args, [int(b) for b in args.batch_sizes.split(",") if b.strip()])
         return
