@@ -7,8 +7,11 @@ JAX without a copy through DLPack ("mmap"). Linux only; not shipped (docs/benchm
     python docs/experiments/kernel-zen4/pages_probe.py [1,8,16]
 """
 import ctypes, mmap, statistics, sys, time
+from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np
-from specjax import api, model, skinny
+from specjax import api, skinny
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+from probe_kernel_matmuls import weight_chain  # noqa: E402
 
 H = 2 << 20  # a transparent huge page
 libc = ctypes.CDLL(None, use_errno=True)
@@ -44,15 +47,7 @@ variants = {"orig": orig, "copy": copy(orig),
 print("AnonHugePages:", open("/proc/meminfo").read().split("AnonHugePages:")[1].split("\n")[0].strip())
 
 
-@jax.jit
-def chain(p, x):
-    for lp in p["layers"]:
-        x = x + model.dense(model.dense(x, lp["qkv"])[..., :D], lp["o"])
-        gu = model.dense(x, lp["gate_up"])
-        x = x + model.dense(gu[..., : gu.shape[-1] // 2], lp["down"])
-    return model.lm_head(p, cfg, x)
-
-
+chain = weight_chain(cfg)
 sizes = [int(t) for t in (sys.argv[1] if len(sys.argv) > 1 else "1,8,16").split(",")]
 xs = {T: jnp.ones((1, T, D)) for T in sizes}
 for T in sizes:
