@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,20 +94,34 @@ def warp_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return logits
 
 
+def argmax(x: jax.Array) -> jax.Array:
+    """jnp.argmax(x, axis=-1) as int32, computed as two plain reductions. [..., V] -> [...].
+
+    Same result: the first index of the maximum, or of the first NaN where there is one. XLA:CPU runs
+    the variadic (value, index) reduce that jnp.argmax lowers to as a scalar loop (0.65 ms for the
+    LLM's 5 x 49152 verification logits on a Zen 4 core); a max, then a min over the indices that
+    hold it, vectorize (0.17 ms).
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)  # NaN wherever the row holds one
+    hit = (x == top) | jnp.isnan(x)
+    index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(hit, index, x.shape[-1]), axis=-1)
+
+
 def probs(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """The distribution the next token is drawn from. [..., V] -> [..., V] float32.
 
     Greedy: one-hot on the argmax (first index among ties).
     """
     if cfg.is_greedy:
-        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+        return jax.nn.one_hot(argmax(logits), logits.shape[-1], dtype=jnp.float32)
     return jax.nn.softmax(warp_logits(logits, cfg), axis=-1)
 
 
 def sample(key: jax.Array, logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """One token per distribution. logits [..., V] -> tokens [...] int32 (argmax when greedy)."""
     if cfg.is_greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax(logits)
     return jax.random.categorical(key, warp_logits(logits, cfg), axis=-1).astype(jnp.int32)
 
 
@@ -166,5 +181,5 @@ def uniform_rows(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def sample_rows(keys: jax.Array, logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """`sample` with one key per row: keys [B, 2], logits [B, V] -> [B] int32."""
     if cfg.is_greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax(logits)
     return categorical_rows(keys, warp_logits(logits, cfg)).astype(jnp.int32)

@@ -113,7 +113,7 @@ def greedy_verify(logits: jax.Array, tokens: jax.Array, parents: jax.Array, vali
     """
     b, n = tokens.shape
     parents = _broadcast_parents(parents, b)
-    target = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, N] argmax at every node
+    target = sampling.argmax(logits)  # [B, N] argmax at every node
     match = valid & (tokens == _gather(target, parents))  # [B, N] (row 0 ignored)
     chain_ok, depth = _accepted_chain(match, parents)
     score = jnp.where(chain_ok & (depth <= max_depth), depth, -1)  # [B, N]

@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from specjax.sampling import SamplingConfig, probs, sample, warp_logits
+from specjax.sampling import SamplingConfig, argmax, probs, sample, warp_logits
 
 V = 50
 
@@ -102,6 +102,26 @@ def test_probs_and_greedy():
     assert p.dtype == jnp.float32
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(p == 0, np.isneginf(hf_warp(np.asarray(logits), cfg)))
+
+
+def test_argmax_is_jnp_argmax():
+    """Ties (first index wins), NaN (the first NaN wins, as jnp.argmax), all -inf, a 49152-wide
+    vocabulary, more than one batch dimension."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 257)).astype(np.float32)
+    x[0, 0, [5, 9, 200]] = 7.0  # tie: 5
+    x[0, 1, [3, 100]] = np.nan  # first NaN: 3
+    x[0, 2] = -np.inf  # all -inf: 0
+    x[1, 0, 256] = np.inf
+    x[1, 1, [0, 256]] = np.inf  # tie at +inf: 0
+    x[2, 3] = np.round(x[2, 3])  # many ties
+    wide = rng.normal(size=(2, 5, 49152)).astype(np.float32)
+    wide[1, 2, 49151] = 9.0
+    for a in (x, wide):
+        got = jax.jit(argmax)(jnp.asarray(a))
+        assert got.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(got), np.argmax(a, axis=-1))
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(jnp.asarray(a), axis=-1)))
 
 
 def test_sample_follows_probs():
