@@ -294,7 +294,14 @@ class Engine:
         tokens, prompt_len = sharding.shard_rows((tokens, prompt_len), self.mesh)
         dtype = model.compute_dtype(self.llm.params)
         cache = sharding.new_cache(cfg, B, S, dtype, self.mesh)
-        if successors or taps:  # the recycling table / feature drafter start from the prefill (one call)
+        if (successors or taps) and longest <= 1 and self.mesh is None:
+            # Nothing to prefill (one-token prompts: the last prompt token is the first root; a batcher's
+            # empty rows): no position is real, so no LLM forward (one over `bucket` dummy positions
+            # cost a speculative generate call ~30 ms on 2 cores). A mesh keeps the forward: its
+            # outputs carry the mesh's sharding.
+            self.prefill_successors = jnp.zeros((B, bucket, successors), jnp.int32) if successors else None
+            self.prefill_features = jnp.zeros((B, bucket, len(taps) * cfg.hidden_size), dtype) if taps else None
+        elif successors or taps:  # the recycling table / feature drafter start from the prefill (one call)
             out = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
                             dict(cfg=cfg, bucket=bucket, successors=successors, taps=tuple(taps)))
             cache, self.prefill_successors, self.prefill_features = out
