@@ -519,6 +519,9 @@ def main(argv=None) -> int:
     _add_boost(sub)
     _add_bench(sub)
     args = parser.parse_args(argv)
+    from specjax import compile_cache
+
+    compile_cache.enable()  # a second run loads what the first compiled ($SPECJAX_COMPILE_CACHE=off: never)
     try:
         return args.func(args)
     except KeyboardInterrupt:

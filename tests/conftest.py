@@ -29,6 +29,24 @@ def autotune_cache(tmp_path_factory):
     else:
         os.environ["SPECJAX_AUTOTUNE_DIR"] = old
 
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache_dir(tmp_path_factory):
+    """The command line's persistent compilation cache (specjax.compile_cache) goes here, not into the
+    user's cache."""
+    import os
+
+    from specjax import compile_cache
+
+    path = tmp_path_factory.mktemp("xla")
+    old = os.environ.get(compile_cache.ENV)
+    os.environ[compile_cache.ENV] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(compile_cache.ENV, None)
+    else:
+        os.environ[compile_cache.ENV] = old
+
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
 
