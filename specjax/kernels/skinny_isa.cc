@@ -77,6 +77,9 @@ constexpr int P = NB / W;  // registers per panel row
 #ifndef SKINNY_KB
 #define SKINNY_KB 128  // k per block when several tiles share a panel (KB x 64 bytes of f32 panel)
 #endif
+#ifndef SKINNY_FAR
+#define SKINNY_FAR 256  // k rows ahead for the second, L2-only prefetch (16 KB of f32 panel)
+#endif
 #ifndef SKINNY_PREFETCH_BLOCKED
 #define SKINNY_PREFETCH_BLOCKED (SKINNY_KB + 64)
 #endif
@@ -87,13 +90,16 @@ constexpr int P = NB / W;  // registers per panel row
 // floats as an incremental step). Few rows leave the FMA units idle, but they are far faster than
 // memory then.
 // acc[r][:] += sum_{k0 <= k < k1} x[r, k] * panel[k, 0:16] for r < R, one FMA chain per output over k
-// in order; the panel is prefetched `ahead` k rows on (a k row of a float panel is one 64-byte line),
-// to keep the memory stream busy while the FMAs run.
+// in order; the panel is prefetched `ahead` k rows on into L1 (a k row of a float panel is one 64-byte
+// line) and SKINNY_FAR rows on into L2 only, to keep the memory stream busy while the FMAs run. L1
+// tracks few misses at once; with only the L1 prefetch a core kept too few lines in flight once 8-16
+// rows of FMAs slowed the loop (Zen 4, scripts/ab_kernel.py: 16 rows 0.87x, 8 rows 0.95x, 1-5 level).
 template <int R, int64_t ahead, typename WT>
 static inline __attribute__((always_inline)) void fma_rows(vec (&acc)[R][P], const float* __restrict x, int64_t ldk,
                                                           const WT* __restrict panel, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; ++k) {
     __builtin_prefetch(panel + (k + ahead) * NB);
+    __builtin_prefetch(panel + (k + SKINNY_FAR) * NB, 0, 2);
     vec w[P];
 #pragma GCC unroll 16
     for (int j = 0; j < P; ++j) w[j] = vload(panel + k * NB + j * W);
