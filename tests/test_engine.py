@@ -175,3 +175,13 @@ def test_prompt_buckets():
 
     assert [prompt_bucket(n) for n in (1, 16, 17, 300, 512)] == [16, 16, 32, 512, 512]
     assert [prompt_bucket(n) for n in (513, 768, 769, 1100, 1700)] == [768, 768, 1024, 1280, 1792]
+
+
+def test_prefill_buckets_pad_less_than_the_cache_buckets():
+    """The prefill computes every padded position: between 64 and 512 it pads to multiples of 64, never
+    past prompt_bucket (which sizes the cache, so the loops compile as often as before)."""
+    from specjax.engine import prefill_bucket, prompt_bucket
+
+    assert [prefill_bucket(n) for n in (1, 17, 64, 65, 100, 300, 449, 512, 513, 1100)] == \
+        [16, 32, 64, 128, 128, 320, 512, 512, 768, 1280]
+    assert all(n <= prefill_bucket(n) <= prompt_bucket(n) for n in range(1, 3000))
