@@ -9,10 +9,9 @@ Prints the old version's median ms and new/old per kind and N.
 """
 import argparse, functools, importlib.util, time, sys
 from pathlib import Path
-import numpy as np, jax, jax.numpy as jnp
+import numpy as np, jax
 from specjax import api, skinny, model as new_model
-from specjax import tree as tree_lib
-from specjax.tree_search import random_tree
+from specjax.tree_search import random_tree, tree_forward
 def load(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     m = importlib.util.module_from_spec(spec); sys.modules[name] = m; spec.loader.exec_module(m); return m
@@ -23,22 +22,15 @@ variants = {"old": args.old, "new": str(Path(__file__).parents[1] / "specjax" / 
 llm = api.load(None); cfg = llm.cfg
 p = skinny.pack_params(llm.params, cfg)
 S, P0 = 320, 100
-P = jnp.asarray([P0], jnp.int32)
 def make(m):
-    @functools.partial(jax.jit, donate_argnums=1)
-    def fwd(params, cache, tree):
-        N = tree.tokens.shape[1]
-        mask = tree_lib.tree_attention_mask(tree, P, S, P)
-        h, cache = m.forward(params, cfg, tree.tokens, P[:, None] + tree.depth, cache, P[:, None] + jnp.arange(N)[None], mask)
-        return m.lm_head(params, cfg, h), cache
+    step = tree_forward(cfg, P0, S, model_module=m)
+    fwd = jax.jit(step, donate_argnums=1)
     @functools.partial(jax.jit, donate_argnums=1)
     def loop(params, cache, tree):  # 8 steps of the same forward inside a while_loop
-        N = tree.tokens.shape[1]
-        mask = tree_lib.tree_attention_mask(tree, P, S, P)
         def body(c):
             cache, i, acc = c
-            h, cache = m.forward(params, cfg, tree.tokens, P[:, None] + tree.depth, cache, P[:, None] + jnp.arange(N)[None], mask)
-            return cache, i + 1, acc + m.lm_head(params, cfg, h)[0, 0, 0]
+            logits, cache = step(params, cache, tree)
+            return cache, i + 1, acc + logits[0, 0, 0]
         cache, _, acc = jax.lax.while_loop(lambda c: c[1] < 8, body, (cache, 0, 0.0))
         return acc, cache
     return fwd, loop

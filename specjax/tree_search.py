@@ -129,6 +129,29 @@ def random_tree(n: int, rng):
                          valid=jnp.ones((1, n), bool))
 
 
+def tree_forward(cfg, prefix: int = 100, slots: int = 320, head: bool = True, model_module=None):
+    """fn(params, cache, tree) -> (logits [1, N, V], or the hidden states without the head, cache): the
+    forward of a model over a tree's N tokens with the tree mask, batch 1, after `prefix` committed
+    tokens in a cache of `slots` slots (unjitted: callers jit it, or run it inside a loop).
+    model_module: a specjax.model-like module to run (an older model.py, for A/B probes)."""
+    import jax.numpy as jnp
+
+    from specjax import model
+    from specjax import tree as tree_lib
+
+    m = model if model_module is None else model_module
+    P = jnp.asarray([prefix], jnp.int32)
+
+    def fwd(params, cache, tree):
+        N = tree.tokens.shape[1]
+        mask = tree_lib.tree_attention_mask(tree, P, slots, P)
+        hidden, cache = m.forward(params, cfg, tree.tokens, P[:, None] + tree.depth, cache,
+                                  P[:, None] + jnp.arange(N)[None], mask)
+        return (m.lm_head(params, cfg, hidden) if head else hidden), cache
+
+    return fwd
+
+
 def tree_forward_seconds(params, cfg, sizes: Sequence[int], prefix: int = 100, slots: int = 320,
                          repeats: int = 10, head: bool = True, stat=np.median) -> dict[int, float]:
     """Median (or `stat`) seconds of one jitted forward (+ LM head) of a model over N tree tokens with the tree
@@ -141,24 +164,13 @@ def tree_forward_seconds_by(variants: dict, cfg, sizes: Sequence[int], prefix: i
                             repeats: int = 10, head: bool = True, stat=np.median) -> dict[str, dict[int, float]]:
     """tree_forward_seconds for several params of one model (e.g. packed for the CPU kernel and not),
     every (variant, size) interleaved round-robin in one run. Returns {variant: {N: seconds}}."""
-    import functools
     import time
 
     import jax
-    import jax.numpy as jnp
 
     from specjax import model
-    from specjax import tree as tree_lib
 
-    P = jnp.asarray([prefix], jnp.int32)
-
-    @functools.partial(jax.jit, donate_argnums=1)  # the cache is updated in place, as in the loop
-    def fwd(params, cache, tree):
-        N = tree.tokens.shape[1]
-        mask = tree_lib.tree_attention_mask(tree, P, slots, P)
-        hidden, cache = model.forward(params, cfg, tree.tokens, P[:, None] + tree.depth, cache,
-                                      P[:, None] + jnp.arange(N)[None], mask)
-        return (model.lm_head(params, cfg, hidden) if head else hidden), cache
+    fwd = jax.jit(tree_forward(cfg, prefix, slots, head), donate_argnums=1)  # the cache in place, as in the loop
 
     rng = np.random.default_rng(0)
     caches = {v: model.init_cache(cfg, 1, slots, model.compute_dtype(p)) for v, p in variants.items()}

@@ -5,24 +5,17 @@ time per forward in the weight matmuls (kernel calls but the attention's), the a
 
     python docs/experiments/spec-overhead/prof_verify.py [1,8,16]
 """
-import collections, functools, glob, re, shutil, sys, time
+import collections, glob, re, shutil, sys, time
 import numpy as np, jax, jax.numpy as jnp
 from jax.profiler import ProfileData
 from specjax import api, model, skinny
-from specjax import tree as tree_lib
-from specjax.tree_search import random_tree
+from specjax.tree_search import random_tree, tree_forward
 
 sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "1,8,16").split(",")]
 llm = api.load(None); cfg = llm.cfg
 params = skinny.pack_params(llm.params, cfg)
-P = jnp.asarray([100], jnp.int32); slots = 320; R = 20
-
-@functools.partial(jax.jit, donate_argnums=1)
-def fwd(params, cache, tree):
-    N = tree.tokens.shape[1]
-    mask = tree_lib.tree_attention_mask(tree, P, slots, P)
-    hidden, cache = model.forward(params, cfg, tree.tokens, P[:, None] + tree.depth, cache, P[:, None] + jnp.arange(N)[None], mask)
-    return model.lm_head(params, cfg, hidden), cache
+slots, R = 320, 20
+fwd = jax.jit(tree_forward(cfg, 100, slots), donate_argnums=1)
 
 rng = np.random.default_rng(0)
 cache = model.init_cache(cfg, 1, slots, jnp.float32)
