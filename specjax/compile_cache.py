@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 from pathlib import Path
 
 ENV = "SPECJAX_COMPILE_CACHE"
@@ -52,8 +53,9 @@ def directory() -> Path | None:
 
 def enable() -> Path | None:
     """Points JAX's persistent compilation cache at directory(), unless one is already configured
-    (returned as it is) or it is turned off / cannot be created (None; decoding works the same, it
-    only compiles again). Call before the first compilation."""
+    (returned as it is) or it is turned off / cannot be created (None, and one line on stderr naming
+    the directory and why; decoding works the same, it only compiles again). Call before the first
+    compilation."""
     import jax
 
     current = jax.config.jax_compilation_cache_dir
@@ -64,7 +66,10 @@ def enable() -> Path | None:
         return None
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError:
+        if not os.access(path, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as e:
+        print(f"specjax: compile cache off: {path} ({ENV}) cannot be used: {e}", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path

@@ -19,11 +19,13 @@ print(json.dumps({"path": None if path is None else str(path), "config": jax.con
 """
 
 
-def probe(env_update: dict) -> dict:
+def probe(env_update: dict, stderr: list | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", compile_cache.ENV)}
     env.update(env_update)
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    if stderr is not None:
+        stderr.append(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -54,3 +56,9 @@ def test_enable_writes_compiled_code_and_respects_users_choice(tmp_path):
     assert off["path"] is None and off["config"] is None and not (tmp_path / "home").exists()
     own = probe({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "own"), compile_cache.ENV: str(d)})
     assert own["path"] == own["config"] == str(tmp_path / "own")
+    # A directory that cannot be made: one line naming it and why, and decoding goes on uncached.
+    (tmp_path / "file").write_text("x")
+    err = []
+    bad = probe({compile_cache.ENV: str(tmp_path / "file" / "xla")}, err)
+    assert bad["path"] is None and bad["config"] is None and bad["y"] == first["y"]
+    assert f"compile cache off: {tmp_path / 'file' / 'xla'}" in err[0] and compile_cache.ENV in err[0]

@@ -185,3 +185,18 @@ def test_prefill_buckets_pad_less_than_the_cache_buckets():
     assert [prefill_bucket(n) for n in (1, 17, 64, 65, 100, 300, 449, 512, 513, 1100)] == \
         [16, 32, 64, 128, 128, 320, 512, 512, 768, 1280]
     assert all(n <= prefill_bucket(n) <= prompt_bucket(n) for n in range(1, 3000))
+
+
+def test_one_token_prompts_run_no_drafter_prefill(llm, monkeypatch):
+    """A batcher's empty rows (one-token prompts) have nothing to prefill: no LLM forward for the
+    recycling drafter's successors, just zeros of the forward's shapes; a real prompt still runs it."""
+    engine = Engine(llm, drafters=("recycle", "lookup"))
+    k = next(d.k for d in engine.drafters if d.kind == "recycle")
+    calls = []
+    run = engine._run
+    monkeypatch.setattr(engine, "_run", lambda name, *a, **kw: calls.append(name) or run(name, *a, **kw))
+    engine.init_state([[3], [5]], 4, 0, 8, 8, successors=k)
+    assert "prefill" not in calls
+    assert engine.prefill_successors.shape[::2] == (2, k) and not engine.prefill_successors.any()
+    engine.init_state([[3, 4, 5]], 4, 0, 8, 8, successors=k)
+    assert calls.count("prefill") == 1 and engine.prefill_successors.shape[2] == k

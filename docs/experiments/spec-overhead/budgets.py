@@ -6,7 +6,7 @@ process: (t_160 - t_32) / (steps_160 - steps_32), medians of 3 rounds, and the 1
 import statistics, sys, time
 from specjax import api
 prompt = "What is speculative decoding?"
-bs = [int(x) for x in sys.argv[1].split(",")]
+bs = [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "4,8").split(",")]
 gs = {b: api.Generator.load(drafters="feature,lookup", budget=b) for b in bs}
 gs["inc"] = api.Generator.load(mode="incremental")
 def gen(g, n):
