@@ -77,14 +77,25 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
     return inv
 
 
+def rope_tables(positions, inv_freq):
+    """cos, sin [B, T, A/2] of positions [B, T] times inv_freq [A/2]: once per forward (XLA would
+    otherwise evaluate them inside every layer's rotation, per element)."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, A/2]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def rotate(x, cos, sin):
+    """x [B, T, *, A] rotated by the tables of `rope_tables` (rotate-half convention, as HF:
+    x * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin), written per half; the same floats)."""
+    half = x.shape[-1] // 2
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
 def apply_rope(x, positions, inv_freq):
     """x [B, T, *, A] rotated by positions [B, T] (rotate-half convention, as HF)."""
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, A/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, A]
-    cos, sin = jnp.cos(angles), jnp.sin(angles)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+    return rotate(x, *rope_tables(positions, inv_freq))
 
 
 def norm(p: dict, x, cfg: ModelConfig):
@@ -130,6 +141,22 @@ def dense(x, w, rows: int | None = None):
 BLOCK = 128  # cache slots per attention block (caches longer than 2 blocks are read block by block)
 
 
+def split_mask(slots, mask, S: int):
+    """mask [B, T, S] over the cache with the new tokens at slots [B, T] -> (old_mask [B, T, S]: the
+    cache slots query t sees that this step does not overwrite, new_mask [B, T, T]: the new tokens
+    query t sees)."""
+    B, T = slots.shape
+    written = (slots[:, :, None] == jnp.arange(S)).any(1)  # [B, S]
+    old_mask = mask & ~written[:, None, :]  # [B, T, S]
+    sees = jnp.take_along_axis(mask, jnp.broadcast_to(jnp.minimum(slots, S - 1)[:, None, :], (B, T, T)), axis=2)
+    return old_mask, sees & (slots < S)[:, None, :]
+
+
+def kernel_attends(*arrays) -> bool:
+    """Whether the CPU kernel's attention (float32 only) takes these arrays."""
+    return all(a.dtype == jnp.float32 for a in arrays)
+
+
 def attend(q, k, v, k_cache, v_cache, slots, mask, cpu_kernel: bool = False):
     """Attention of the T new queries over the cache as it was plus the T new keys, which is the
     masked attention over the cache with the new K/V written at their slots, without reading it.
@@ -145,12 +172,10 @@ def attend(q, k, v, k_cache, v_cache, slots, mask, cpu_kernel: bool = False):
     B, T, H, A = q.shape
     K, S = k.shape[2], k_cache.shape[2]
     G = H // K
-    written = (slots[:, :, None] == jnp.arange(S)).any(1)  # [B, S]
-    old_mask = mask & ~written[:, None, :]  # [B, T, S]
-    sees = jnp.take_along_axis(mask, jnp.broadcast_to(jnp.minimum(slots, S - 1)[:, None, :], (B, T, T)), axis=2)
-    new_mask = sees & (slots < S)[:, None, :]  # [B, T, T]: query t sees new token u
-    if cpu_kernel and all(a.dtype == jnp.float32 for a in (q, k, v, k_cache, v_cache)):
-        return skinny.attend(q, k, v, k_cache, v_cache, old_mask, new_mask).reshape(B, T, H * A)
+    old_mask, new_mask = split_mask(slots, mask, S)
+    if cpu_kernel and kernel_attends(q, k, v, k_cache, v_cache):
+        out, _, _ = skinny.attend(q, k, v, k_cache, v_cache, old_mask, new_mask, jnp.full((B, T), S, jnp.int32))
+        return out.reshape(B, T, H * A)
 
     lo = jnp.finfo(jnp.float32).min
     q = jnp.swapaxes(q.reshape(B, T, K, G, A), 1, 2).reshape(B, K, T * G, A)  # [B, K, TG, A]
@@ -193,10 +218,12 @@ def attend(q, k, v, k_cache, v_cache, slots, mask, cpu_kernel: bool = False):
     return jnp.swapaxes(out.reshape(B, K, T, G, A), 1, 2).reshape(B, T, H * A)
 
 
-def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots, mask, inv_freq):
-    """One attention block. x [B, T, D]; returns (out [B, T, D], k_cache, v_cache)."""
+def attention(lp: dict, x, cfg: ModelConfig, k_cache, v_cache, slots, mask, rope):
+    """One attention block. x [B, T, D]; rope: (cos, sin) of `rope_tables`, or None (no RoPE).
+    Returns (out [B, T, D], k_cache, v_cache)."""
     B, T, D = x.shape
     H, K, A = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    S = k_cache.shape[2]
     if "qkv" in lp:  # packed for the CPU kernel: q, k and v in one matmul
         q, k, v = jnp.split(dense(x, lp["qkv"]), [H * A, (H + K) * A], axis=-1)
     else:
@@ -204,21 +231,26 @@ def attention(lp: dict, x, cfg: ModelConfig, positions, k_cache, v_cache, slots,
     q, k, v = q.reshape(B, T, H, A), k.reshape(B, T, K, A), v.reshape(B, T, K, A)
     if cfg.qkv_bias:
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
-    if cfg.uses_rope:
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    # Packed for the CPU kernel (specjax.skinny): its attention too.
-    out = attend(q, k, v, k_cache, v_cache, slots, mask, cpu_kernel="qkv" in lp)  # [B, T, H*A]
+    if "qkv" in lp and kernel_attends(q, k, v, k_cache, v_cache):
+        # Packed for the CPU kernel (specjax.skinny): RoPE, attention and the cache write in one call.
+        out, k_cache, v_cache = skinny.attend(q, k, v, k_cache, v_cache, *split_mask(slots, mask, S), slots, rope)
+        out = out.reshape(B, T, H * A)
+    else:
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        out = attend(q, k, v, k_cache, v_cache, slots, mask)  # [B, T, H*A]
+        # The new K/V are written after attention has read the cache. XLA updates a buffer in place only
+        # when a data dependency orders its readers before the write (an optimization barrier does not),
+        # else it copies every layer's K and V cache once or twice per step. Adding 0 * (each token's own
+        # attention output) is that dependency: exact for finite outputs, and a row that overflowed to
+        # inf / NaN has garbage logits already; other rows are untouched.
+        order = jnp.zeros((), out.dtype) * out[:, :, None, :1]  # [B, T, 1, 1]
+        k, v = k + order.astype(k.dtype), v + order.astype(v.dtype)
+        k_cache, v_cache = write_cache(k_cache, k, slots), write_cache(v_cache, v, slots)
     out = dense(out, lp["o"], H * A)
     if cfg.o_bias:
         out = out + lp["o_bias"]
-    # The new K/V are written after attention has read the cache. XLA updates a buffer in place only
-    # when a data dependency orders its readers before the write (an optimization barrier does not),
-    # else it copies every layer's K and V cache once or twice per step. Adding 0 * (each token's own
-    # attention output) is that dependency: exact for finite outputs, and a row that overflowed to
-    # inf / NaN has garbage logits already; other rows are untouched.
-    order = jnp.zeros((), out.dtype) * out[:, :, None, :1]  # [B, T, 1, 1]
-    k, v = k + order.astype(k.dtype), v + order.astype(v.dtype)
-    return out, write_cache(k_cache, k, slots), write_cache(v_cache, v, slots)
+    return out, k_cache, v_cache
 
 
 def mlp(lp: dict, x, cfg: ModelConfig):
@@ -286,11 +318,11 @@ def decode(params: Params, cfg: ModelConfig, x, positions, cache: KVCache, slots
            taps: tuple[int, ...] = ()):
     """The decoder layers over inputs x [B, T, D] (embedded tokens, or a feature drafter's fused input).
     Returns (hidden [B, T, E], cache, [x after layer l for l in taps])."""
-    inv_freq = jnp.asarray(rope_inv_freq(cfg.rope, cfg.head_dim)) if cfg.uses_rope else None
+    rope = rope_tables(positions, jnp.asarray(rope_inv_freq(cfg.rope, cfg.head_dim))) if cfg.uses_rope else None
     new_k, new_v, feats = [], [], []
     for l, lp in enumerate(params["layers"]):
         h = norm(lp["attn_norm"], x, cfg) if cfg.pre_norm else x
-        h, k_l, v_l = attention(lp, h, cfg, positions, cache.k[l], cache.v[l], slots, mask, inv_freq)
+        h, k_l, v_l = attention(lp, h, cfg, cache.k[l], cache.v[l], slots, mask, rope)
         x = x + h
         if not cfg.pre_norm:
             x = norm(lp["attn_norm"], x, cfg)

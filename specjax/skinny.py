@@ -94,21 +94,32 @@ def matmul(x, w: PackedWeight):
     return jax.ffi.ffi_call(_TARGETS[jnp.dtype(w.dtype)], out)(x, w.data, n=np.int64(w.n))
 
 
-def attend(q, k_new, v_new, k_cache, v_cache, old_mask, new_mask):
-    """Attention of T new queries over the cache as it was plus the T new keys, in one kernel call
-    (what model.attend computes with XLA ops: a transposing copy, a loop over cache blocks and a dozen
-    small fusions per layer, whose dispatch costs more than the arithmetic at decode sizes).
+def attend(q, k_new, v_new, k_cache, v_cache, old_mask, new_mask, slots, rope=None):
+    """One layer's attention step in one kernel call: RoPE, attention, the cache write (what
+    model.attention computes with XLA ops: per layer two rotations, a transposing copy, a loop over
+    cache blocks, a dozen small fusions and two scatters, whose dispatch costs more than the
+    arithmetic at decode sizes).
 
-    q [B, T, H, A]; k_new, v_new [B, T, K, A]; k_cache, v_cache [B, K, S, A]; old_mask [B, T, S] (query
-    t sees cache slot s); new_mask [B, T, T] (query t sees new token u). Returns [B, T, H, A] float32.
+    q [B, T, H, A]; k_new, v_new [B, T, K, A] (before RoPE); k_cache, v_cache [B, K, S, A]; old_mask
+    [B, T, S] (query t sees cache slot s); new_mask [B, T, T] (query t sees new token u); slots [B, T]
+    int32 (where token t's K/V go; outside [0, S): nowhere); rope: (cos, sin) [B, T, A/2] of
+    model.rope_tables, or None (no rotation). The rotation's floats equal model.rotate's.
+    Returns (out [B, T, H, A] float32, k_cache, v_cache): the caches with the rotated new keys and
+    the values written at their slots, in place (the results alias the cache operands).
     A query's result depends only on what it sees (slots ascending, then new tokens ascending), not on
     T or the other rows. A query that sees nothing gets zeros."""
     _load()  # registered (packed params imply it is; a direct call may come first)
     B, T, H, A = q.shape
     f32 = lambda a: a.astype(jnp.float32)
-    out = jax.ShapeDtypeStruct((B, T, H, A), jnp.float32)
-    return jax.ffi.ffi_call("specjax_attend_f32", out)(f32(q), f32(k_new), f32(v_new), f32(k_cache), f32(v_cache),
-                                                       old_mask.astype(bool), new_mask.astype(bool))
+    if rope is None:
+        cos = sin = jnp.zeros((B, T, 0), jnp.float32)
+    else:
+        cos, sin = (f32(jnp.broadcast_to(t.reshape(t.shape[0], t.shape[1], -1), (B, T, A // 2))) for t in rope)
+    cache = jax.ShapeDtypeStruct(k_cache.shape, jnp.float32)
+    outs = (jax.ShapeDtypeStruct((B, T, H, A), jnp.float32), cache, cache)
+    return jax.ffi.ffi_call("specjax_attend_f32", outs, input_output_aliases={3: 1, 4: 2})(
+        f32(q), f32(k_new), f32(v_new), f32(k_cache), f32(v_cache), old_mask.astype(bool), new_mask.astype(bool),
+        slots.astype(jnp.int32), cos, sin)
 
 
 # ----------------------------------------------------------------------------- the library

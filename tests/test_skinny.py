@@ -117,9 +117,9 @@ def test_bad_input_is_named():
 def test_every_instruction_set_this_processor_has():
     """The ISA is chosen once per process: each variant is checked in a subprocess of its own."""
     script = textwrap.dedent("""
-        import json, sys
-        import numpy as np, jax.numpy as jnp
-        from specjax import skinny
+        import json, os, sys
+        import numpy as np, jax, jax.numpy as jnp
+        from specjax import model, skinny
         ok, line = skinny.status()
         if not ok:
             print(json.dumps({"ok": ok, "line": line, "err": 0.0}))
@@ -133,24 +133,46 @@ def test_every_instruction_set_this_processor_has():
                 ref = want if dt == jnp.float32 else x.astype(np.float64) @ np.asarray(jnp.asarray(w, dt), np.float64)
                 got = np.asarray(skinny.matmul(jnp.asarray(x), skinny.pack(w, dt)), np.float64)
                 errs.append(float(np.max(np.abs(got - ref)) / np.max(np.abs(ref))))
-        # attention (head dims with and without a tail past 8 lanes) against float64 softmax attention
-        for B, T, H, K, S, A in [(2, 5, 6, 2, 40, 12), (1, 3, 9, 3, 70, 64)]:
+        # attention (head dims with and without a tail past 8 lanes) against float64 softmax attention,
+        # with RoPE (cos / sin tables) or without, and the new keys / values written at their slots
+        written_ok = True
+        for B, T, H, K, S, A, rope in [(2, 5, 6, 2, 40, 12, True), (1, 3, 9, 3, 70, 64, True), (2, 4, 4, 2, 9, 8, False)]:
             rng = np.random.default_rng(S)
             q, kn, vn = (rng.standard_normal(s).astype(np.float32) for s in [(B, T, H, A), (B, T, K, A), (B, T, K, A)])
             kc, vc = (rng.standard_normal((B, K, S, A)).astype(np.float32) for _ in range(2))
             om, nm = rng.random((B, T, S)) < 0.7, rng.random((B, T, T)) < 0.5
             nm[:, np.arange(T), np.arange(T)] = True
-            got = np.asarray(skinny.attend(*map(jnp.asarray, (q, kn, vn, kc, vc, om, nm))), np.float64)
+            slots = np.stack([rng.permutation(S + 2)[:T] for _ in range(B)]).astype(np.int32)  # some >= S: nowhere
+            ang = rng.uniform(0, 50, (B, T, A // 2)).astype(np.float32)
+            cos, sin = np.cos(ang), np.sin(ang)
+            def rot(x):  # XLA's rotation (model.rotate): the kernel gives its floats where the ISA has FMA, as XLA does
+                return np.asarray(jax.jit(model.rotate)(x, cos, sin)) if rope else x
+            out, kc2, vc2 = skinny.attend(*map(jnp.asarray, (q, kn, vn, kc, vc, om, nm, slots)),
+                                          (jnp.asarray(cos), jnp.asarray(sin)) if rope else None)
+            got = np.asarray(out, np.float64)
+            qr, kr = rot(q), rot(kn)
+            want_k, want_v = kc.copy(), vc.copy()
+            for b in range(B):
+                for t in range(T):
+                    if slots[b, t] < S:
+                        want_k[b, :, slots[b, t]], want_v[b, :, slots[b, t]] = kr[b, t], vn[b, t]
+            if os.environ["SPECJAX_SKINNY_ISA"] == "generic":  # no FMA: unfused, within rounding of XLA's
+                written_ok &= np.allclose(np.asarray(kc2), want_k, rtol=1e-6, atol=1e-6)
+            else:
+                written_ok &= np.array_equal(np.asarray(kc2), want_k)
+            written_ok &= np.array_equal(np.asarray(vc2), want_v)
             G = H // K
             for b in range(B):
                 for t in range(T):
                     for h in range(H):
-                        keys = np.concatenate([kc[b, h // G][om[b, t]], kn[b, nm[b, t], h // G]]).astype(np.float64)
+                        keys = np.concatenate([kc[b, h // G][om[b, t]], kr[b, nm[b, t], h // G]]).astype(np.float64)
                         vals = np.concatenate([vc[b, h // G][om[b, t]], vn[b, nm[b, t], h // G]]).astype(np.float64)
-                        s = keys @ q[b, t, h] / np.sqrt(A)
+                        s = keys @ qr[b, t, h].astype(np.float64) / np.sqrt(A)
                         p = np.exp(s - s.max())
                         ref = p @ vals / p.sum()
                         errs.append(float(np.max(np.abs(got[b, t, h] - ref)) / np.max(np.abs(ref))))
+        if not written_ok:
+            errs.append(1.0)
         print(json.dumps({"ok": ok, "line": line, "err": max(errs)}))
     """)
     isas = ["generic", "avx2", "avx512"] if os_machine() == "x86_64" else ["generic"]

@@ -174,5 +174,34 @@ void attend(const float* q, const float* kn, const float* vn, const float* kc, c
   }
 }
 
+// RoPE's rotation (rotate-half convention, as HF and specjax.model.rotate): x [R, heads, A] -> out;
+// cos, sin [R, A/2], one table row per token. The floats are XLA:CPU's for x * cat(cos, cos) +
+// cat(-x2, x1) * cat(sin, sin): LLVM contracts it to fma(x1, c, -(x2 s)) and fma(x2, c, x1 s) where the
+// processor has FMA and computes it unfused where it has not, and so does this.
+void rope_rotate(const float* x, const float* cos, const float* sin, float* out, int64_t R, int64_t heads,
+                 int64_t A) {
+  const int64_t half = A / 2;
+  for (int64_t r = 0; r < R; ++r) {
+    const float* c = cos + r * half;
+    const float* s = sin + r * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* x1 = x + (r * heads + h) * A;
+      const float* x2 = x1 + half;
+      float* o1 = out + (r * heads + h) * A;
+      float* o2 = o1 + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const float t1 = x2[i] * s[i], t2 = x1[i] * s[i];
+#ifdef __FMA__
+        o1[i] = __builtin_fmaf(x1[i], c[i], -t1);
+        o2[i] = __builtin_fmaf(x2[i], c[i], t2);
+#else
+        o1[i] = x1[i] * c[i] - t1;
+        o2[i] = x2[i] * c[i] + t2;
+#endif
+      }
+    }
+  }
+}
+
 }  // namespace SKINNY_NS
 }  // namespace specjax_skinny

@@ -30,6 +30,7 @@ using RunBF16 = void (*)(const float*, int64_t, int64_t, const uint16_t*, int64_
 using RunAttend = void (*)(const float*, const float*, const float*, const float*, const float*, const bool*,
                            const bool*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                            int64_t);
+using RunRope = void (*)(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t);
 
 #define SKINNY_DECLARE(ns)                                                                           \
   namespace ns {                                                                                     \
@@ -38,6 +39,7 @@ using RunAttend = void (*)(const float*, const float*, const float*, const float
   void attend(const float*, const float*, const float*, const float*, const float*, const bool*,      \
               const bool*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t); \
   int64_t attend_tasks(int64_t, int64_t, int64_t, int64_t);                                          \
+  void rope_rotate(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t);     \
   }
 SKINNY_DECLARE(generic)
 #if defined(__x86_64__)
@@ -50,14 +52,15 @@ struct Isa {
   RunF32 f32;
   RunBF16 bf16;
   RunAttend attend;
+  RunRope rope;
 };
 
 static Isa choose_isa() {
   const char* force = std::getenv("SPECJAX_SKINNY_ISA");
-  const Isa generic_isa{"generic", generic::run_f32, generic::run_bf16, generic::attend};
+  const Isa generic_isa{"generic", generic::run_f32, generic::run_bf16, generic::attend, generic::rope_rotate};
 #if defined(__x86_64__)
-  const Isa avx2_isa{"avx2", avx2::run_f32, avx2::run_bf16, avx2::attend};
-  const Isa avx512_isa{"avx512", avx512::run_f32, avx512::run_bf16, avx512::attend};
+  const Isa avx2_isa{"avx2", avx2::run_f32, avx2::run_bf16, avx2::attend, avx2::rope_rotate};
+  const Isa avx512_isa{"avx512", avx512::run_f32, avx512::run_bf16, avx512::attend, avx512::rope_rotate};
   __builtin_cpu_init();
   const bool has512 = __builtin_cpu_supports("avx512f");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -65,12 +68,12 @@ static Isa choose_isa() {
     if (!std::strcmp(force, "avx512") && has512) return avx512_isa;
     if (!std::strcmp(force, "avx2") && has2) return avx2_isa;
     if (!std::strcmp(force, "generic")) return generic_isa;
-    return Isa{nullptr, nullptr, nullptr, nullptr};  // asked for what this processor lacks
+    return Isa{nullptr, nullptr, nullptr, nullptr, nullptr};  // asked for what this processor lacks
   }
   if (has512) return avx512_isa;
   if (has2) return avx2_isa;
 #else
-  if (force && *force && std::strcmp(force, "generic")) return Isa{nullptr, nullptr, nullptr, nullptr};
+  if (force && *force && std::strcmp(force, "generic")) return Isa{nullptr, nullptr, nullptr, nullptr, nullptr};
 #endif
   return generic_isa;
 }
@@ -185,10 +188,17 @@ static ffi::Error impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // Below this many multiply-adds (T H S A) one thread is faster than waking the pool.
 constexpr int64_t kMinParallelAttend = 256 * 1024;
 
+// One layer's attention step: rotates q and the new keys by RoPE (when cos / sin have A/2 columns; with 0
+// columns they are used as given), attends over the cache as it was plus the new keys, then writes the
+// new keys and values into the caches at their slots (0 <= slot < S; others are written nowhere). The
+// caches' results alias their operands (specjax.skinny.attend), so the writes are in place; were XLA
+// to give fresh buffers, the old caches are copied into them first.
 static ffi::Error attend_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kn,
                               ffi::Buffer<ffi::F32> vn, ffi::Buffer<ffi::F32> kc, ffi::Buffer<ffi::F32> vc,
                               ffi::Buffer<ffi::PRED> old_mask, ffi::Buffer<ffi::PRED> new_mask,
-                              ffi::ResultBuffer<ffi::F32> out) {
+                              ffi::Buffer<ffi::S32> slots, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                              ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> kc_out,
+                              ffi::ResultBuffer<ffi::F32> vc_out) {
   const Isa& chosen = isa();
   if (!chosen.name) return ffi::Error::InvalidArgument("attend: SPECJAX_SKINNY_ISA names an instruction set this processor lacks");
   auto qd = q.dimensions(), kd = kn.dimensions(), cd = kc.dimensions();
@@ -202,21 +212,53 @@ static ffi::Error attend_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi
       if (d[i++] != w) return false;
     return true;
   };
+  const auto rd = cos.dimensions();
+  const int64_t half = rd.size() == 3 ? rd[2] : -1;
   if (K == 0 || H % K || !same(kd, {B, T, K, A}) || !same(vn.dimensions(), {B, T, K, A}) ||
       !same(cd, {B, K, S, A}) || !same(vc.dimensions(), {B, K, S, A}) ||
       !same(old_mask.dimensions(), {B, T, S}) || !same(new_mask.dimensions(), {B, T, T}) ||
-      !same(out->dimensions(), {B, T, H, A}))
+      !same(slots.dimensions(), {B, T}) || !(half == 0 || (A % 2 == 0 && half == A / 2)) ||
+      !same(rd, {B, T, half}) || !same(sin.dimensions(), {B, T, half}) || !same(out->dimensions(), {B, T, H, A}) ||
+      !same(kc_out->dimensions(), {B, K, S, A}) || !same(vc_out->dimensions(), {B, K, S, A}))
     return ffi::Error::InvalidArgument("attend: shapes disagree (q [B,T,H,A], k/v [B,T,K,A], caches [B,K,S,A], "
-                                       "masks [B,T,S] and [B,T,T], H a multiple of K)");
-  if (B * T * H == 0) return ffi::Error::Success();
-  const int64_t tasks = generic::attend_tasks(B, T, H, K);  // the same in every ISA's attend
+                                       "masks [B,T,S] and [B,T,T], slots [B,T], cos/sin [B,T,A/2] or [B,T,0], "
+                                       "H a multiple of K)");
   const float *qp = q.typed_data(), *knp = kn.typed_data(), *vnp = vn.typed_data(), *kcp = kc.typed_data(),
               *vcp = vc.typed_data();
-  const bool *om = old_mask.typed_data(), *nm = new_mask.typed_data();
-  float* o = out->typed_data();
-  RunAttend run = chosen.attend;
-  parallel_for(pool, tasks, B * T * H * S * A >= kMinParallelAttend,
-               [=](int64_t t0, int64_t t1) { run(qp, knp, vnp, kcp, vcp, om, nm, o, B, T, H, K, S, A, t0, t1); });
+  float *kco = kc_out->typed_data(), *vco = vc_out->typed_data();
+  const size_t cache_bytes = size_t(B * K * S * A) * sizeof(float);
+  if (kco != kcp) std::memcpy(kco, kcp, cache_bytes);  // not aliased: start from the old cache
+  if (vco != vcp) std::memcpy(vco, vcp, cache_bytes);
+  if (B * T == 0) return ffi::Error::Success();
+  thread_local std::vector<float> qbuf, kbuf;  // per calling thread: XLA may run two calls at once
+  if (half > 0) {
+    qbuf.resize(size_t(B * T * H * A));
+    kbuf.resize(size_t(B * T * K * A));
+    chosen.rope(qp, cos.typed_data(), sin.typed_data(), qbuf.data(), B * T, H, A);
+    chosen.rope(knp, cos.typed_data(), sin.typed_data(), kbuf.data(), B * T, K, A);
+    qp = qbuf.data();
+    knp = kbuf.data();
+  }
+  if (H > 0) {
+    const int64_t tasks = generic::attend_tasks(B, T, H, K);  // the same in every ISA's attend
+    const bool *om = old_mask.typed_data(), *nm = new_mask.typed_data();
+    float* o = out->typed_data();
+    RunAttend run = chosen.attend;
+    // Reads the caches before any write below (the writes may be in place).
+    parallel_for(pool, tasks, B * T * H * S * A >= kMinParallelAttend,
+                 [=](int64_t t0, int64_t t1) { run(qp, knp, vnp, kcp, vcp, om, nm, o, B, T, H, K, S, A, t0, t1); });
+  }
+  const int32_t* sl = slots.typed_data();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t slot = sl[b * T + t];
+      if (slot < 0 || slot >= S) continue;  // written nowhere (a row not running, or past the cache)
+      for (int64_t kh = 0; kh < K; ++kh) {
+        const int64_t src = ((b * T + t) * K + kh) * A, dst = ((b * K + kh) * S + slot) * A;
+        std::memcpy(kco + dst, knp + src, size_t(A) * sizeof(float));
+        std::memcpy(vco + dst, vnp + src, size_t(A) * sizeof(float));
+      }
+    }
   return ffi::Error::Success();
 }
 
@@ -232,6 +274,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecjaxAttendF32, specjax_skinny::attend_impl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SpecjaxSkinnyF32, specjax_skinny::impl<ffi::F32>,
