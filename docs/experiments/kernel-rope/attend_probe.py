@@ -1,0 +1,25 @@
+"""The attention kernel call alone (RoPE, attention, cache write): T queries over S slots of which P are visible,
+30 calls chained in one jit, median per call.  python docs/experiments/kernel-rope/attend_probe.py"""
+import time, jax, jax.numpy as jnp, numpy as np, os
+from specjax import skinny
+B, H, K, A = 1, 9, 3, 64
+for T, S, P in [(1, 320, 100), (8, 320, 100), (16, 320, 100), (16, 320, 300)]:
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(B, T, H, A)).astype(np.float32))
+    kn = jnp.asarray(rng.normal(size=(B, T, K, A)).astype(np.float32)); vn = kn
+    kc = jnp.asarray(rng.normal(size=(B, K, S, A)).astype(np.float32)); vc = kc
+    om = jnp.asarray(np.arange(S)[None, None, :] < P).repeat(T, 1)
+    nm = jnp.asarray(np.tril(np.ones((T, T), bool))[None])
+    slots = jnp.asarray((P + np.arange(T))[None].astype(np.int32))
+    cs = jnp.ones((B, T, A // 2)); sn = jnp.zeros((B, T, A // 2))
+    @jax.jit
+    def f(q, kc, vc):
+        for _ in range(30):
+            o, kc, vc = skinny.attend(q, kn, vn, kc, vc, om, nm, slots, (cs, sn))
+            q = q + 0 * o
+        return q, kc, vc
+    jax.block_until_ready(f(q, kc, vc))
+    ts = []
+    for _ in range(20):
+        t = time.perf_counter(); jax.block_until_ready(f(q, kc, vc)); ts.append(time.perf_counter() - t)
+    print(f"T={T} S={S} P={P}: {np.median(ts)/30*1e6:.1f} us per call", flush=True)
