@@ -1,4 +1,7 @@
-"""A thin wrapper over a Hugging Face tokenizer: text <-> token ids, chat template, end-of-sequence ids."""
+"""A thin wrapper over a Hugging Face tokenizer: text <-> token ids, chat template, end-of-sequence ids.
+
+A plain `tokenizers` tokenizer loads through specjax.fast_tokenizer (no transformers import), any other
+through transformers' AutoTokenizer."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ def _token_ids(value: Any) -> list[int]:
 
 
 class Tokenizer:
-    """hf: the transformers tokenizer. eos_token_ids: every id that ends generation."""
+    """hf: the transformers tokenizer (or a fast_tokenizer.FastTokenizer). eos_token_ids: every id that ends
+    generation."""
 
     def __init__(self, hf: Any, eos_token_ids: Sequence[int] = ()):
         self.hf = hf
@@ -83,17 +87,24 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise TokenizerError(f"{path} does not exist")
-    if path.suffix == ".gguf" and path.is_file():
+    gguf = path.suffix == ".gguf" and path.is_file()
+    if gguf:
         require_gguf_tokenizer_support(path)
+    eos = [] if gguf else (_json_eos(path / "generation_config.json", "eos_token_id")
+                           + _json_eos(path / "config.json", "eos_token_id")
+                           + _json_eos(path / "specjax_config.json", "eos_token_ids"))
+    if not gguf:
+        from specjax import fast_tokenizer
+
+        fast = fast_tokenizer.load(path)  # a plain `tokenizers` one: no transformers import (~2 s)
+        if fast is not None:
+            return Tokenizer(fast, eos)
     from transformers import AutoTokenizer
 
     try:
-        if path.suffix == ".gguf" and path.is_file():
-            hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            return Tokenizer(hf)
+        if gguf:
+            return Tokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
         hf = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise TokenizerError(f"{path}: cannot load a tokenizer ({e})") from e
-    eos = (_json_eos(path / "generation_config.json", "eos_token_id") + _json_eos(path / "config.json", "eos_token_id")
-           + _json_eos(path / "specjax_config.json", "eos_token_ids"))
     return Tokenizer(hf, eos)
