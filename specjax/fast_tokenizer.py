@@ -24,7 +24,9 @@ from typing import Any, Sequence
 PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 # tokenizer_config.json options with which transformers changes the backend (or the text) on load.
 REWRITING_OPTIONS = ("add_bos_token", "add_eos_token", "add_prefix_space", "legacy", "from_slow",
-                     "clean_up_tokenization_spaces", "do_lower_case", "tokenizer_file", "auto_map")
+                     "clean_up_tokenization_spaces", "do_lower_case", "tokenizer_file", "auto_map",
+                     # tokens transformers adds to the backend or hands to chat templates beyond these:
+                     "additional_special_tokens", "extra_special_tokens")
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
@@ -69,8 +71,25 @@ def load(directory: str | Path):
         backend = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
     except Exception:  # a tokenizer.json this `tokenizers` cannot read: transformers says why
         return None
+    if not _same_added_tokens(config.get("added_tokens_decoder") or {}, backend):
+        return None
     special = {key: _content(config[key]) for key in SPECIAL_KEYS if _content(config.get(key)) is not None}
     return FastTokenizer(directory, backend, template, special)
+
+
+def _same_added_tokens(declared: dict, backend) -> bool:
+    """Every token tokenizer_config.json declares (id -> content, special) is tokenizer.json's already:
+    otherwise transformers adds or re-flags tokens on load, which this module does not repeat."""
+    have = backend.get_added_tokens_decoder()
+    for key, tok in declared.items():
+        try:
+            got = have.get(int(key))
+        except (TypeError, ValueError):
+            return False
+        if not isinstance(tok, dict) or got is None or got.content != tok.get("content") or \
+                bool(got.special) != bool(tok.get("special", False)):
+            return False
+    return True
 
 
 class FastTokenizer:

@@ -72,8 +72,12 @@ def test_other_tokenizers_go_to_transformers(tmp_path):
     """An option with which transformers rewrites the backend, another class, or named template variants:
     fast_tokenizer declines and load_tokenizer uses AutoTokenizer."""
     cfg = json.loads((default_model.TOKENIZER_DIR / "tokenizer_config.json").read_text())
+    extra = {"49152": {"content": "<tool>", "special": True}}  # a token tokenizer.json lacks
+    respecial = {"0": {"content": "<|endoftext|>", "special": False}}  # re-flagged
     for i, change in enumerate([{"add_bos_token": True}, {"tokenizer_class": "LlamaTokenizerFast"},
-                                {"chat_template": [{"name": "default", "template": "x"}]}]):
+                                {"chat_template": [{"name": "default", "template": "x"}]},
+                                {"additional_special_tokens": ["<|im_start|>"]},
+                                {"added_tokens_decoder": extra}, {"added_tokens_decoder": respecial}]):
         d = tmp_path / str(i)
         shutil.copytree(default_model.TOKENIZER_DIR, d)
         if "chat_template" in change:
@@ -81,6 +85,12 @@ def test_other_tokenizers_go_to_transformers(tmp_path):
         (d / "tokenizer_config.json").write_text(json.dumps({**cfg, **change}))
         assert fast_tokenizer.load(d) is None, change
     assert fast_tokenizer.load(tmp_path / "missing") is None
+    # the same declarations as tokenizer.json's own added tokens keep the fast path
+    d = tmp_path / "same"
+    shutil.copytree(default_model.TOKENIZER_DIR, d)
+    same = {"0": {"content": "<|endoftext|>", "special": True}, "2": {"content": "<|im_end|>", "special": True}}
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "added_tokens_decoder": same}))
+    assert fast_tokenizer.load(d) is not None
 
 
 def test_saved_copy_loads_the_same(tmp_path, pair):

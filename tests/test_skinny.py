@@ -142,7 +142,8 @@ def test_every_instruction_set_this_processor_has():
             kc, vc = (rng.standard_normal((B, K, S, A)).astype(np.float32) for _ in range(2))
             om, nm = rng.random((B, T, S)) < 0.7, rng.random((B, T, T)) < 0.5
             nm[:, np.arange(T), np.arange(T)] = True
-            slots = np.stack([rng.permutation(S + 2)[:T] for _ in range(B)]).astype(np.int32)  # some >= S: nowhere
+            slots = np.stack([rng.permutation(S + 2)[:T] for _ in range(B)]).astype(np.int32)
+            slots[:, 0], slots[-1, -1] = S, S + 7  # outside [0, S): written nowhere
             ang = rng.uniform(0, 50, (B, T, A // 2)).astype(np.float32)
             cos, sin = np.cos(ang), np.sin(ang)
             def rot(x):  # XLA's rotation (model.rotate): the kernel gives its floats where the ISA has FMA, as XLA does
