@@ -2,8 +2,8 @@
 
     python scripts/measure_acceptance.py [--prompts FILE] [--count 8] [--max-new-tokens 96] [--write]
 
-Each drafter alone, at the shape the automatic choice uses (SSMs, recycling and the feature SSM
-3,1,1,1, lookup a chain of 4), greedy, on held-out chat prompts (never Spec-Bench): for every local node j, hits[j] =
+Each drafter alone, at the shape the automatic choice uses (SSMs and recycling 3,1,1,1, the feature
+SSM its dynamic tree, lookup a chain of 8), greedy, on held-out chat prompts (never Spec-Bench): for every local node j, hits[j] =
 steps in which its sequence was accepted. Written: node_acceptance[name][j] = hits[j] / steps (what
 the automatic choice sums) and rates[name][d-1][r] = conditional acceptance per depth and rank (the
 path scores' calibration). Lookup's rates stay the priors (they are indexed by matched n-gram
@@ -120,7 +120,13 @@ def main(argv=None) -> int:
         node = hits[1:] / max(steps, 1)
         out["node_acceptance"][name] = [round(float(x), 4) for x in node]
         out["shapes"][name] = [int(x) for x in d.topology.parents]
-        if d.kind != "lookup":
+        if getattr(d, "frontier", None) is not None:
+            # a dynamic tree: its nodes' parents vary per step, so per-rank rates over the static
+            # shape mean nothing; its nodes are top-k, scored by the drafter's own probability, and
+            # never use rates (drafters.feature.Config). The file's rates (if any) stay, for the
+            # drafter's static, sampled trees.
+            pass
+        elif d.kind != "lookup":
             out["rates"][name] = acceptance.from_hits(hits[1:], d.topology, steps)
         else:  # per depth and matched n, on the LLM's own outputs (the chains find proposes at every root)
             from specjax.drafters import lookup

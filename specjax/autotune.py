@@ -204,7 +204,7 @@ def measure_feature(engine, d, repeats: int = 7, num_slots: int = 320, root: int
 
     fcfg = d.model
     W = d.topology.max_depth + 1
-    Sd = num_slots + feature.num_run(d.expansion)
+    Sd = num_slots + feature.num_run(d.expansion, d.frontier)
     state = feature.State(cache=model.init_cache(fcfg.layer, 1, Sd),
                           o=jnp.zeros((1, fcfg.layer.hidden_size), jnp.float32),
                           feats=jax.random.normal(jax.random.PRNGKey(0), (1, W, fcfg.feature_width)),

@@ -153,7 +153,8 @@ class SsmTopology:
     ancestors [n+1, n+1]     bool, ancestors[j, i] = i is ancestor-or-self of j
     level_start, level_stop  [m+1]: level i (depth i) is nodes level_start[i]:level_stop[i];
                              level 0 is the root. The r-th child of the a-th node of level i-1 is
-                             node level_start[i] + a * k_i + r.
+                             node level_start[i] + a * k_i + r (with a frontier F: a < F, the
+                             level's first F nodes).
     """
 
     expansion: tuple[int, ...]
@@ -170,19 +171,27 @@ class SsmTopology:
         return len(self.parents) - 1
 
 
-def ssm_topology(expansion) -> SsmTopology:
-    """The (cached) topology of one SSM's tree for expansion <k_1..k_m>."""
+def ssm_topology(expansion, frontier: int | None = None) -> SsmTopology:
+    """The (cached) topology of one SSM's tree for expansion <k_1..k_m>.
+
+    frontier F (EAGLE-2's dynamic tree): only F nodes of each level get children, so level i has
+    min(F, w_{i-1}) * k_i nodes. This static shape takes each level's first F nodes; a drafter that
+    picks its frontier at run time (drafters.feature) keeps the shape and gives its own parents.
+    None: every node of a level gets children (SpecInfer's expansion)."""
     expansion = TreeConfig(expansion=tuple(expansion), node_budget=2**62).expansion  # validates
-    return _ssm_topology(expansion)
+    if frontier is not None and (not _is_int(frontier) or frontier < 1):
+        raise TreeConfigError(f"frontier must be an integer >= 1 (nodes expanded per level), got {frontier!r}")
+    return _ssm_topology(expansion, None if frontier is None else int(frontier))
 
 
 @functools.lru_cache(maxsize=None)
-def _ssm_topology(expansion: tuple[int, ...]) -> SsmTopology:
+def _ssm_topology(expansion: tuple[int, ...], frontier: int | None = None) -> SsmTopology:
     parents, depth, rank = [-1], [0], [-1]
     level_start, level_stop = [0], [1]
     for i, k in enumerate(expansion, start=1):
         start = len(parents)
-        for f in range(level_start[-1], level_stop[-1]):  # frontier, in order
+        stop = level_stop[-1] if frontier is None else min(level_stop[-1], level_start[-1] + frontier)
+        for f in range(level_start[-1], stop):  # frontier, in order
             for r in range(k):
                 parents.append(f)
                 depth.append(i)

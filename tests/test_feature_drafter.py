@@ -141,15 +141,64 @@ def test_cache_entries_and_chain_drafts_are_the_training_forward(llm, random_fs)
     assert not np.allclose(path_p, path_p[:1])  # the scores follow each row's context
 
 
+def test_dynamic_tree_is_the_full_trees_best_first_subtree(llm, distilled_fs):
+    """A frontier of F = 2 (EAGLE-2's dynamic tree) over <3, 3, 3>: level 1 is the full tree's, and each
+    deeper level holds the full tree's children of the two nodes of the level above with the highest
+    path probability, with the same tokens and path probabilities: the parents picked per row, the
+    ancestors each frontier node attends to and its run slots are right (a node's output depends only
+    on its ancestors)."""
+    from specjax.tree import ssm_topology
+
+    full = feature.Config(model=distilled_fs.cfg, expansion=(3, 3, 3))
+    dyn = feature.Config(model=distilled_fs.cfg, expansion=(3, 3, 3), frontier=2)
+    assert dyn.topology.num_nodes == 3 + 6 + 6 and feature.num_run((3, 3, 3), 2) == 4
+    engine = Engine(llm, feature_ssm=distilled_fs, drafters=(full,), cpu_kernel=False)
+    state, cfg = engine.init_spec_state(PROMPTS, NEW, SamplingConfig())
+    params = engine.drafter_params()
+    state = spec_loop(llm.params, params, state, jnp.int32(3), cfg=cfg)
+
+    def propose(dcfg):
+        return jax.jit(lambda p, st, base: feature.propose(jax.random.PRNGKey(0), p, st, dcfg, base, cfg.sampling,
+                                                           False)[0])(params[0], state.drafters[0], state.base)
+
+    a, b = propose(full), propose(dyn)  # the same drafter state: slots < P shared, run slots are scratch
+    assert a.parents is None and b.parents is not None
+    full_par = ssm_topology((3, 3, 3)).parents[1:] - 1  # local parents of the full tree
+    tok_a, sc_a, tok_b, sc_b, par_b = (np.asarray(x) for x in (a.tokens, a.score, b.tokens, b.score, b.parents))
+    fronts = set()
+    for r in range(len(PROMPTS)):
+        level = np.arange(3)  # the full tree's local indices of the dynamic tree's current level
+        nodes, parents = list(level), [-1] * 3
+        for _ in range(2):
+            front = level[np.argsort(-sc_a[r, level], kind="stable")[:2]]
+            fronts.add(tuple(front))
+            kids = [np.flatnonzero(full_par == j) for j in front]
+            parents += [nodes.index(j) for j, ks in zip(front, kids) for _ in ks]
+            level = np.concatenate(kids)
+            nodes += list(level)
+        np.testing.assert_array_equal(tok_b[r], tok_a[r, nodes])
+        np.testing.assert_allclose(sc_b[r], sc_a[r, nodes], rtol=1e-4)
+        np.testing.assert_array_equal(par_b[r], parents)
+    assert len(fronts) > 2  # the frontier follows each row's context ...
+    assert any(len({int(full_par[j]) for j in f}) > 1 for f in fronts)  # ... and spans parents
+
+
 # ----------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("which,names,budget", [("random", ("feature",), None), ("distilled", ("feature",), None),
-                                                ("distilled", ("feature", "recycle", "lookup"), 6)])
-def test_greedy_speculative_equals_incremental(llm, incremental, random_fs, distilled_fs, which, names, budget):
+@pytest.mark.parametrize("which,names,budget,frontier", [("random", ("feature",), None, None),
+                                                         ("distilled", ("feature",), None, None),
+                                                         ("distilled", ("feature", "recycle", "lookup"), 6, None),
+                                                         ("random", ("feature",), None, 2),
+                                                         ("distilled", ("feature", "lookup"), 6, 2)])
+def test_greedy_speculative_equals_incremental(llm, incremental, random_fs, distilled_fs, which, names, budget,
+                                               frontier):
+    """frontier 2: the dynamic tree (<2, 2, 2, 2>, the two most probable nodes of a level expanded)."""
     fs = random_fs if which == "random" else distilled_fs
+    if frontier is not None:
+        names = (feature.Config(model=fs.cfg, expansion=(2, 2, 2, 2), frontier=frontier),) + names[1:]
     engine = Engine(llm, feature_ssm=fs, drafters=names, budget=budget)
-    assert [d.name for d in engine.drafters] == list(names)
+    assert [d.name for d in engine.drafters] == [getattr(n, "name", n) for n in names]
     out = engine.generate_spec(PROMPTS, NEW)
     for inc, spec in zip(incremental, out):
         assert spec.token_ids == inc.token_ids
@@ -250,10 +299,10 @@ def small_setup(seed: int = 5):
     return llm, fs
 
 
-def sampled_counts(temperature: float, expansion):
+def sampled_counts(temperature: float, expansion, frontier=None):
     llm, fs = small_setup()
     s = SamplingConfig(temperature=temperature)
-    drafters = (feature.Config(model=fs.cfg, expansion=expansion),)
+    drafters = (feature.Config(model=fs.cfg, expansion=expansion, frontier=frontier),)
     out = Engine(llm, feature_ssm=fs, drafters=drafters).generate_spec([SMALL_PROMPT] * ROWS, 2, s, seed=7)
     counts = np.zeros((SMALL_CFG.vocab_size,) * 2)
     for r in out:
@@ -266,6 +315,15 @@ def test_sampled_feature_drafts_match_llm_distribution():
     llm, s, counts, out = sampled_counts(1.0, (2, 2))
     assert chi_square_p(counts, exact_two_token_distribution(llm, s)) > 1e-3
     assert np.mean([r.llm_steps == 1 for r in out]) > 0.1  # trees get accepted
+    assert sum(r.drafter_tokens["feature"] for r in out) > 1000
+
+
+def test_dynamic_tree_keeps_llm_distribution():
+    """Temperature 1, <3, 2> with a frontier of 2: top-k nodes (one-hot q) whose level-2 parents the
+    drafter picks per row by its probabilities."""
+    llm, s, counts, out = sampled_counts(1.0, (3, 2), frontier=2)
+    assert chi_square_p(counts, exact_two_token_distribution(llm, s)) > 1e-3
+    assert np.mean([r.llm_steps == 1 for r in out]) > 0.1
     assert sum(r.drafter_tokens["feature"] for r in out) > 1000
 
 

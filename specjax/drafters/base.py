@@ -31,6 +31,12 @@ topological order, the same static shape every step:
                             across drafters); the budgeted merge keeps the N best
     q      [B, n, V] | None the distribution each node was drawn from (sampled nodes); None:
                             deterministic, the verifier uses a one-hot on the token
+    parents [B, n] | None   per-row parents (local index, -1: the root's child) for a tree whose shape
+                            the drafter picks at run time (EAGLE-2's dynamic tree: which nodes of a
+                            level get children). Node j's parent must be at depth depth[j] - 1 of the
+                            topology (so it precedes j); None: the topology's parents. Only
+                            deterministic nodes may move: a sampled node's place must not depend on
+                            any draw (see drafters.merge)
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Proposal:
     valid: jax.Array
     score: jax.Array
     q: Any = None
+    parents: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -69,11 +76,12 @@ class Topology:
         return int(self.depth.max()) if len(self.depth) else 0
 
 
-def expansion_topology(expansion: tuple[int, ...]) -> Topology:
-    """SpecInfer's expansion <k_1..k_m> (every node at depth i-1 gets k_i children), BFS order."""
+def expansion_topology(expansion: tuple[int, ...], frontier: int | None = None) -> Topology:
+    """SpecInfer's expansion <k_1..k_m> (every node at depth i-1 gets k_i children), BFS order;
+    frontier F: only the first F nodes of each level get children (see tree.ssm_topology)."""
     from specjax.tree import ssm_topology
 
-    t = ssm_topology(expansion)
+    t = ssm_topology(expansion, frontier)
     return Topology(parents=(t.parents[1:] - 1).astype(np.int32), depth=t.depth[1:].astype(np.int32),
                     rank=t.children_rank[1:].astype(np.int32))
 

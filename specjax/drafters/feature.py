@@ -13,10 +13,11 @@ One step (propose, then update once the LLM has verified the merged tree):
      the drafter at slots start .. P - 1, which leaves its cache valid below P and gives o_{P-1};
   2. level 1: the root's children are the top-k (greedy / deterministic) or k samples (stochastic,
      their distribution q scattered over the LLM's vocabulary through d2t) of logits(o_{P-1});
-     level d = 1 .. m-1: each node of depth d runs as an entry (g = its parent's output, emb = its
-     token's LLM embedding, RoPE position P + d - 1) at slot P + j - 1 (j its local BFS index),
-     seeing the slots < P and its ancestors-or-self only; its output's logits give its children.
-     Leaves are never run.
+     level d = 1 .. m-1: each node of depth d that gets children (every node, or with a frontier F
+     the F of highest path probability: EAGLE-2's dynamic tree) runs as an entry (g = its parent's
+     output, emb = its token's LLM embedding, RoPE position P + d - 1) at the next run slot P + r
+     (r = 0, 1, .. in level order), seeing the slots < P and its ancestors-or-self only; its output's
+     logits give its children. Leaves are never run.
   3. update (no model forward): keeps this step's committed pairs for the next catch-up.
 
 Drafter slots P .. P + R - 1 (R = the nodes run, levels 1 .. m-1) are scratch; the cache has S + R
@@ -122,22 +123,27 @@ def select_taps(feats, all_taps: tuple[int, ...], taps: tuple[int, ...], width: 
     return jnp.concatenate([feats[..., i * width:(i + 1) * width] for i in idx], axis=-1)
 
 
-def num_run(expansion: tuple[int, ...]) -> int:
-    """R: tree nodes run through the drafter per step (every level but the last)."""
-    topo = tree_lib.ssm_topology(expansion)
-    return int(topo.level_stop[len(expansion) - 1]) - 1
+def num_run(expansion: tuple[int, ...], frontier: int | None = None) -> int:
+    """R: tree nodes run through the drafter per step (each level's frontier, every level but the last)."""
+    topo = tree_lib.ssm_topology(expansion, frontier)
+    return sum(_frontier_width(topo, i, frontier) for i in range(1, len(expansion)))
 
 
-def level_mask(topo, level: int, root_slot, num_slots: int):
-    """[B, w, Sd]: the w nodes of `level` see the committed slots < P and the slots P + i - 1 of their
-    ancestors-or-self i (local BFS index, 1-based)."""
-    start, stop = int(topo.level_start[level]), int(topo.level_stop[level])
-    anc = jnp.asarray(topo.ancestors[start:stop])  # [w, n+1]
-    n1 = anc.shape[1]
-    node = jnp.arange(num_slots)[None, :] - root_slot[:, None] + 1  # [B, Sd]: node index of slot s
-    in_tree = ((node >= 1) & (node < n1))[:, None, :]
-    tree_ok = jnp.moveaxis(anc[:, jnp.clip(node, 0, n1 - 1)], 0, 1)  # [B, w, Sd]
-    return (node <= 0)[:, None, :] | (in_tree & tree_ok)
+def _frontier_width(topo, level: int, frontier: int | None) -> int:
+    """How many nodes of `level` get children (run through the drafter)."""
+    w = int(topo.level_stop[level] - topo.level_start[level])
+    return w if frontier is None else min(w, frontier)
+
+
+def frontier_mask(anc, root_slot, num_slots: int):
+    """[B, f, Sd]: frontier node i sees the committed slots < P and the run slots P + r of its
+    ancestors-or-self (anc [B, f, R] bool)."""
+    R = anc.shape[-1]
+    r = jnp.arange(num_slots)[None, :] - root_slot[:, None]  # [B, Sd]: run slot of slot s
+    in_run = ((r >= 0) & (r < R))[:, None, :]
+    seen = jnp.take_along_axis(anc, jnp.broadcast_to(jnp.clip(r, 0, max(R - 1, 0))[:, None, :],
+                                                      anc.shape[:2] + (num_slots,)), axis=2)
+    return (r < 0)[:, None, :] | (in_run & seen)
 
 
 # ----------------------------------------------------------------------------- the drafter interface
@@ -148,6 +154,13 @@ class Config:
     """A feature SSM expanding <k_1..k_m> (SpecInfer's expansion over its draft vocabulary).
     rates: per depth, per rank conditional acceptance (see drafters.acceptance), the static path
     scores of sampled nodes (and of every node with confidence False).
+    frontier F: only F nodes of each level get k_i children (tree.ssm_topology), so level i has
+    min(F, w_{i-1}) * k_i nodes and F rows run per level: the F nodes of highest path probability,
+    picked at run time per row (EAGLE-2's dynamic tree; the proposal carries its parents). Such a
+    tree is top-k (deterministic) under stochastic decoding too: a sampled node's place must not
+    depend on a draw, and here every place depends on the drafter's probabilities of the nodes above
+    (deterministic candidates keep multi-step speculative sampling exact whatever chose them).
+    None: every node gets children.
     confidence: top-k (deterministic) nodes are scored by the drafter's own probability of their path,
     the product of its softmax over the draft vocabulary along the path (EAGLE-2's dynamic tree: the
     budget then keeps a deep chain where the drafter is sure and spreads where it is not). Measured
@@ -158,6 +171,7 @@ class Config:
     expansion: tuple[int, ...] = (3, 1, 1, 1)
     rates: tuple = ()
     confidence: bool = True  # deterministic nodes scored by the drafter's own path probability (EAGLE-2)
+    frontier: int | None = None  # EAGLE-2's dynamic tree: only F nodes of a level get children
     kind: str = "feature"
 
     def __post_init__(self):
@@ -171,11 +185,13 @@ class Config:
 
     @property
     def topology(self) -> Topology:
-        return expansion_topology(self.expansion)
+        return expansion_topology(self.expansion, self.frontier)
 
     @property
     def sampled(self) -> bool:
-        return True  # under stochastic decoding with sampled children, nodes are draws from q
+        """Under stochastic decoding with sampled children, nodes are draws from q; a dynamic tree
+        (frontier) drafts top-k nodes always."""
+        return self.frontier is None
 
     @property
     def taps(self) -> tuple[int, ...]:
@@ -220,7 +236,7 @@ def init_state(ctx, cfg: Config) -> State:
     B, S = base.tokens.shape
     if ctx.features is None:
         raise ValueError("the feature drafter needs the LLM prefill's features (InitContext.features)")
-    Sd = S + num_run(cfg.expansion)
+    Sd = S + num_run(cfg.expansion, cfg.frontier)
     cache = sharding.new_cache(cfg.model.layer, B, Sd, jnp.float32, ctx.mesh, sharding.SSM_SPLIT)
     cache, o = ctx.run("feature_prefill", prefill, (ctx.params, cache, ctx.features, base.tokens, base.length),
                        dict(cfg=cfg.model, all_taps=tuple(ctx.feature_taps)))
@@ -249,52 +265,80 @@ def catch_up(params, cfg: Config, state: State, running):
 def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochastic: bool):
     """The drafter's tree below the root. Scores: static path scores for sampled nodes (they must not be
     ranked by their own draws); the drafter's path probability for top-k nodes (cfg.confidence). q
-    (stochastic): the draft distribution over the LLM's vocabulary [B, n, V]."""
+    (stochastic): the draft distribution over the LLM's vocabulary [B, n, V]. Parents: per row when a
+    top-k tree picks its frontier (cfg.frontier), else the topology's.
+
+    Level by level: the frontier (f nodes, outputs out [B, f, D]) gives k children each (w = f * k
+    nodes, the c-th child of frontier node c // k); the f' nodes of the level that get children are
+    run as entries (g = their parent's output, emb = their token's LLM embedding, RoPE position
+    P + level - 1) at the next f' run slots P + r, each seeing the slots < P and its ancestors' run
+    slots (anc [B, f', R])."""
+    stochastic = stochastic and cfg.sampled
     fcfg = cfg.model
-    topo = tree_lib.ssm_topology(cfg.expansion)
+    topo = tree_lib.ssm_topology(cfg.expansion, cfg.frontier)
     P = base.length
     running = ~base.done
     B, m, n = P.shape[0], len(cfg.expansion), topo.num_candidates
     V = fcfg.llm_vocab
+    R = num_run(cfg.expansion, cfg.frontier)
     d2t = params["d2t"]
     cache, o_root = catch_up(params, cfg, state, running)
     Sd = cache.num_slots
-    out = o_root[:, None, :]  # [B, w, D]: the frontier's outputs
+    out = o_root[:, None, :]  # [B, f, D]: the frontier's outputs
+    front = jnp.full((B, 1), -1, jnp.int32)  # [B, f]: the frontier's local node indices (-1: the root)
+    front_logp = jnp.zeros((B, 1), jnp.float32)  # [B, f]: its log path probability under the drafter
+    anc = jnp.zeros((B, 1, R), bool)  # [B, f, R]: its ancestors-or-self among the run slots
     tokens = jnp.zeros((B, n), jnp.int32)
-    qs, logps = [], []  # logps: per level, each node's log path probability under the drafter [B, w']
+    parents = jnp.full((B, n), -1, jnp.int32)
+    qs, logps = [], []  # logps: per level, each node's log path probability [B, w]
+    run_off = 0
+    dynamic = False  # whether some frontier was picked by score (the parents are then per row)
     for level in range(1, m + 1):
         k = cfg.expansion[level - 1]
         start, stop = int(topo.level_start[level]), int(topo.level_stop[level])
-        parent_frontier = jnp.asarray(topo.parents[start:stop] - topo.level_start[level - 1])  # [w']
-        rank = jnp.asarray(topo.children_rank[start:stop])  # [w']
-        lg = fm.logits(params["ssm"], fcfg, out)  # [B, w, V']
+        f = out.shape[1]
+        pf = jnp.repeat(jnp.arange(f), k)  # [w]: each child's parent's place in the frontier
+        lg = fm.logits(params["ssm"], fcfg, out)  # [B, f, V']
         if stochastic:
             key, sub = sampling.split_rows(sampling.as_row_keys(key, B), 2)  # one key per row [B, 2]
-            probs = sampling.probs(lg, sampling_cfg)  # [B, w, V']
-            draws = sampling.categorical_rows(sub, jnp.log(probs)[:, :, None, :],
-                                              shape=(probs.shape[1], k))  # [B, w, k]
-            draft = draws[:, parent_frontier, rank]  # [B, w']
-            p = probs[:, parent_frontier]  # [B, w', V']
-            qs.append(jnp.zeros(p.shape[:2] + (V,), jnp.float32).at[:, :, d2t].add(p))
+            probs = sampling.probs(lg, sampling_cfg)  # [B, f, V']
+            draft = sampling.categorical_rows(sub, jnp.log(probs)[:, :, None, :], shape=(f, k)).reshape(B, f * k)
+            qs.append(jnp.zeros((B, f * k, V), jnp.float32).at[:, :, d2t].add(probs[:, pf]))
         else:
-            val, top = jax.lax.top_k(jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1), k)  # [B, w, k]
-            draft = top[:, parent_frontier, rank]
-            logps.append(val[:, parent_frontier, rank] + (logps[-1][:, parent_frontier] if logps else 0.0))
-        child = d2t[draft].astype(jnp.int32)  # [B, w'] LLM ids
+            val, top = jax.lax.top_k(jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1), k)  # [B, f, k]
+            draft = top.reshape(B, f * k)
+            logps.append((front_logp[:, :, None] + val).reshape(B, f * k))
+        child = d2t[draft].astype(jnp.int32)  # [B, w] LLM ids
         tokens = tokens.at[:, start - 1:stop - 1].set(child)
+        parents = parents.at[:, start - 1:stop - 1].set(front[:, pf])
         if level == m:
             break
-        # Run this level so its children can be drawn.
-        positions = jnp.broadcast_to(P[:, None] + (level - 1), child.shape)
-        slots = jnp.where(running[:, None], P[:, None] + jnp.arange(start - 1, stop - 1)[None, :], Sd)
-        out, cache = fm.step(params["ssm"], fcfg, out[:, parent_frontier], embed(params["embed"], child),
-                             positions, cache, slots, level_mask(topo, level, P, Sd))
+        # The level's frontier: its f' most probable nodes (all of them without a frontier).
+        f2 = _frontier_width(topo, level, cfg.frontier)
+        if f2 < f * k:
+            _, sel = jax.lax.top_k(logps[-1], f2)  # [B, f']
+            dynamic = True
+        else:
+            sel = jnp.broadcast_to(jnp.arange(f2), (B, f2))
+        par = jnp.take_along_axis(jnp.broadcast_to(pf, (B, f * k)), sel, axis=1)  # [B, f'] place in the old frontier
+        own = jax.nn.one_hot(run_off + jnp.arange(f2), R, dtype=bool)  # [f', R]
+        anc = jnp.take_along_axis(anc, par[:, :, None], axis=1) | own[None]
+        run_child = jnp.take_along_axis(child, sel, axis=1)
+        g = jnp.take_along_axis(out, par[:, :, None], axis=1)
+        positions = jnp.broadcast_to(P[:, None] + (level - 1), run_child.shape)
+        slots = jnp.where(running[:, None], P[:, None] + run_off + jnp.arange(f2)[None, :], Sd)
+        out, cache = fm.step(params["ssm"], fcfg, g, embed(params["embed"], run_child), positions, cache, slots,
+                             frontier_mask(anc, P, Sd))
+        front = (start - 1 + sel).astype(jnp.int32)
+        if logps:
+            front_logp = jnp.take_along_axis(logps[-1], sel, axis=1)
+        run_off += f2
     if logps and cfg.confidence:  # deterministic nodes: a score may depend on the context (drafters.merge)
         scores = jnp.exp(jnp.concatenate(logps, axis=1))
     else:
         scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind]))
     prop = Proposal(tokens=tokens, valid=jnp.ones((B, n), bool), score=jnp.broadcast_to(jnp.asarray(scores), (B, n)),
-                    q=jnp.concatenate(qs, axis=1) if stochastic else None)
+                    q=jnp.concatenate(qs, axis=1) if stochastic else None, parents=parents if dynamic else None)
     done = ~running  # consumed pending pairs; rows not running keep everything
     return prop, State(cache=cache, o=o_root, feats=state.feats, next=state.next,
                        count=jnp.where(done, state.count, 0), start=jnp.where(done, state.start, P))

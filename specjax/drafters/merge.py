@@ -8,6 +8,10 @@
     -> tree_lib.Tree, q [B, N, V] (stochastic), origin [B, N] (which drafter proposed each node),
        src [B, N] (each node's index in the concatenation)
 
+Parents are the drafters' static topologies', or per row where a drafter picks its tree's shape at run
+time (Proposal.parents: a parent stays at the level above, so the levels, the closure and the order
+below are the same).
+
 Budget (EAGLE-2's observation): a node's path score never exceeds its parent's, and ties go to the
 lower index (a parent's index is lower than its children's), so the top-N set under (score desc,
 index asc) contains every kept node's parent: it is a tree, and sorting the kept indices keeps the
@@ -43,6 +47,18 @@ def concat_layout(topologies) -> dict:
         origin += [d] * t.num_nodes
     return dict(parents=np.asarray(parents, np.int32), depth=np.asarray(depth, np.int32),
                 origin=np.asarray(origin, np.int32), off=tuple(off))
+
+
+def concat_parents(lay: dict, proposals, batch: int):
+    """[B, A] parents in the concatenation (-1 at the root): the static layout's, with the per-row
+    parents of proposals that give their own (Proposal.parents, local -> off + local; the root's
+    children -> 0)."""
+    out = jnp.broadcast_to(jnp.asarray(lay["parents"]), (batch, len(lay["parents"])))
+    for o, p in zip(lay["off"], proposals):
+        if p.parents is not None:
+            n = p.parents.shape[1]
+            out = out.at[:, o:o + n].set(jnp.where(p.parents >= 0, o + p.parents, 0).astype(jnp.int32))
+    return out
 
 
 def _rowgather(x, idx):
@@ -97,12 +113,13 @@ def merge(root, proposals, topologies, sampled_kinds, vocab: int, stochastic: bo
     tokens = jnp.concatenate([root[:, None].astype(jnp.int32)] + [p.tokens.astype(jnp.int32) for p in proposals], 1)
     valid = jnp.concatenate([jnp.ones((B, 1), bool)] + [p.valid for p in proposals], 1)
     score = jnp.concatenate([jnp.full((B, 1), jnp.inf)] + [p.score.astype(jnp.float32) for p in proposals], 1)
+    all_parents = concat_parents(lay, proposals, B)  # [B, A]
     # Closure over the static levels: unproposed nodes take their descendants with them.
     for d in range(1, int(lay["depth"].max()) + 1):
         idx = np.flatnonzero(lay["depth"] == d)
-        par = lay["parents"][idx]
-        valid = valid.at[:, idx].set(valid[:, idx] & valid[:, par])
-        score = score.at[:, idx].set(jnp.minimum(score[:, idx], score[:, par]))
+        par = all_parents[:, idx]  # [B, w]
+        valid = valid.at[:, idx].set(valid[:, idx] & jnp.take_along_axis(valid, par, axis=1))
+        score = score.at[:, idx].set(jnp.minimum(score[:, idx], jnp.take_along_axis(score, par, axis=1)))
     score = jnp.where(valid, score, -jnp.inf)
     sampled_static = np.zeros(A, bool)
     for d, s in enumerate(sampled_kinds):
@@ -115,7 +132,7 @@ def merge(root, proposals, topologies, sampled_kinds, vocab: int, stochastic: bo
     N = src.shape[1]
     # Re-index parents into the kept set (every kept node's parent is kept, see the docstring).
     pos = jax.vmap(lambda s: jnp.full((A,), -1, jnp.int32).at[s].set(jnp.arange(N, dtype=jnp.int32)))(src)
-    par_src = jnp.asarray(lay["parents"])[src]  # [B, N] parent in the concatenation
+    par_src = jnp.take_along_axis(all_parents, src, axis=1)  # [B, N] parent in the concatenation
     parents = jnp.where(par_src >= 0, jnp.take_along_axis(pos, jnp.maximum(par_src, 0), axis=1), -1)
     k_tokens = jnp.take_along_axis(tokens, src, axis=1)
     k_valid = jnp.take_along_axis(valid, src, axis=1)
@@ -126,10 +143,17 @@ def merge(root, proposals, topologies, sampled_kinds, vocab: int, stochastic: bo
     parents, k_valid, rep = dedup(k_tokens, parents, k_valid, k_sampled, max_depth)
     tree = tree_lib.Tree(tokens=k_tokens, parents=parents, depth=depth.astype(jnp.int32), valid=k_valid)
     q = None
-    if stochastic:
-        parts = [jnp.zeros((B, 1, vocab), jnp.float32)]
-        for p in proposals:
-            parts.append(p.q.astype(jnp.float32) if p.q is not None
-                         else jax.nn.one_hot(p.tokens, vocab, dtype=jnp.float32))
-        q = _rowgather(jnp.concatenate(parts, 1), src)
+    if stochastic:  # one-hot for deterministic kept nodes; only sampled proposals' q are gathered
+        q = jax.nn.one_hot(k_tokens, vocab, dtype=jnp.float32)  # [B, N, V]
+        with_q = [(o, p) for o, p in zip(lay["off"], proposals) if p.q is not None]
+        if with_q:
+            where = np.full(A, -1, np.int32)  # concatenation index -> row of the sampled q's
+            row = 0
+            for o, p in with_q:
+                n = p.tokens.shape[1]
+                where[o:o + n] = np.arange(row, row + n)
+                row += n
+            qi = jnp.asarray(where)[src]  # [B, N]
+            sq = _rowgather(jnp.concatenate([p.q.astype(jnp.float32) for _, p in with_q], 1), jnp.maximum(qi, 0))
+            q = jnp.where((qi >= 0)[:, :, None], sq, q)
     return tree, q, origin, src, rep

@@ -14,7 +14,12 @@ from specjax.drafters import DrafterError, KINDS, acceptance, feature, lookup, r
 
 AUTO_SSM_EXPANSION = (3, 1, 1, 1)  # the SSMs' expansion under --tree auto (the budget prunes it)
 RECYCLE_EXPANSION = (3, 1, 1, 1)  # the issue's simulation: 1.50 MAT alone on Spec-Bench
-FEATURE_EXPANSION = (3, 1, 1, 1)  # the feature SSM's tree (the budget prunes it)
+# The feature SSM's tree (the budget prunes it): EAGLE-2's dynamic tree, the 4 most probable nodes of
+# each level get 4 children each (52 nodes, 4 rows a drafter forward). Feature + lookup at budget 8 on
+# the 16 held-out prompts: MAT 2.683 vs 2.580 with the static <3,1,1,1>; deeper or wider trees gave no
+# more at budgets 4 and 8 (docs/benchmarks.md, 2026-12-07 evening).
+FEATURE_EXPANSION = (4, 4, 4, 4)
+FEATURE_FRONTIER = 4  # nodes of a level that get children (feature.Config.frontier); None: all
 FEATURE_CONFIDENCE = True  # greedy: the budget ranks its nodes by its own path probability (feature.Config)
 LOOKUP_LENGTH = 8  # a copy once right goes on: 8 nodes, the budget keeps what its match length earns
 LOOKUP_NGRAM = 8  # matched length = confidence: 22% (1 token) to 94% (8) first-token acceptance
@@ -48,7 +53,7 @@ def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple,
         elif item == "feature":
             if feature_cfg is None:
                 raise DrafterError("drafter 'feature' needs a feature SSM (--feature-ssm DIR)")
-            out.append(feature.Config(model=feature_cfg, expansion=FEATURE_EXPANSION,
+            out.append(feature.Config(model=feature_cfg, expansion=FEATURE_EXPANSION, frontier=FEATURE_FRONTIER,
                                       rates=acceptance.rates("feature", "feature"), confidence=FEATURE_CONFIDENCE))
         elif item == "recycle":
             k = min(recycle.DEFAULT_K, llm_cfg.vocab_size)
