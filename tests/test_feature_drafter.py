@@ -181,6 +181,11 @@ def test_dynamic_tree_is_the_full_trees_best_first_subtree(llm, distilled_fs):
         np.testing.assert_array_equal(par_b[r], parents)
     assert len(fronts) > 2  # the frontier follows each row's context ...
     assert any(len({int(full_par[j]) for j in f}) > 1 for f in fronts)  # ... and spans parents
+    from specjax.tree import TreeConfigError
+
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(TreeConfigError, match="frontier"):
+            feature.Config(model=distilled_fs.cfg, expansion=(3, 3), frontier=bad)
 
 
 # ----------------------------------------------------------------------------- exactness

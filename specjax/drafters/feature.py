@@ -175,6 +175,7 @@ class Config:
     kind: str = "feature"
 
     def __post_init__(self):
+        tree_lib.ssm_topology(self.expansion, self.frontier)  # validates both (TreeConfigError names the problem)
         if max(self.expansion) > self.model.draft_vocab:
             raise ValueError(f"feature expansion {self.expansion} asks for more children than the "
                              f"{self.model.draft_vocab} tokens of the draft vocabulary")
