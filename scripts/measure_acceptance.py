@@ -120,10 +120,10 @@ def main(argv=None) -> int:
         node = hits[1:] / max(steps, 1)
         out["node_acceptance"][name] = [round(float(x), 4) for x in node]
         out["shapes"][name] = [int(x) for x in d.topology.parents]
-        if getattr(d, "frontier", None) is not None:
+        if getattr(d, "dynamic", False):
             # a dynamic tree: its nodes' parents vary per step, so per-rank rates over the static
-            # shape mean nothing; its nodes are top-k, scored by the drafter's own probability, and
-            # never use rates (drafters.feature.Config). The file's rates (if any) stay, for the
+            # shape mean nothing; its nodes are top-k, scored by the drafter's own probability (a
+            # dynamic tree requires confidence), never by rates. The file's rates (if any) stay, for the
             # drafter's static, sampled trees.
             pass
         elif d.kind != "lookup":

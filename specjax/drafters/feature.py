@@ -176,6 +176,9 @@ class Config:
 
     def __post_init__(self):
         tree_lib.ssm_topology(self.expansion, self.frontier)  # validates both (TreeConfigError names the problem)
+        if self.dynamic and not self.confidence:
+            raise ValueError(f"feature tree {self.expansion} with frontier {self.frontier} picks its nodes by the "
+                             "drafter's own path probability, which must then also score them: confidence=True")
         if max(self.expansion) > self.model.draft_vocab:
             raise ValueError(f"feature expansion {self.expansion} asks for more children than the "
                              f"{self.model.draft_vocab} tokens of the draft vocabulary")
@@ -189,10 +192,20 @@ class Config:
         return expansion_topology(self.expansion, self.frontier)
 
     @property
+    def dynamic(self) -> bool:
+        """Whether the frontier leaves some node that the expansion would expand without children (the
+        tree's parents then move per row and step)."""
+        if self.frontier is None:
+            return False
+        topo = tree_lib.ssm_topology(self.expansion, self.frontier)
+        return any(_frontier_width(topo, i, self.frontier) < int(topo.level_stop[i] - topo.level_start[i])
+                   for i in range(1, len(self.expansion)))
+
+    @property
     def sampled(self) -> bool:
         """Under stochastic decoding with sampled children, nodes are draws from q; a dynamic tree
-        (frontier) drafts top-k nodes always."""
-        return self.frontier is None
+        drafts top-k nodes always."""
+        return not self.dynamic
 
     @property
     def taps(self) -> tuple[int, ...]:
