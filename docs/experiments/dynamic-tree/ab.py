@@ -2,7 +2,7 @@
 expanded by path probability): greedy MAT of the feature SSM alone and merged with lookup at budgets,
 the measure_acceptance prompts (held-out chat + context lines from 5000, interleaved), 96 tokens.
 
-    python docs/experiments/dynamic-tree/ab.py EXPANSION FRONTIER MIXES BUDGETS [COUNT]
+    python docs/experiments/dynamic-tree/ab.py EXPANSION FRONTIER MIXES BUDGETS [COUNT [TEMPERATURE]]
     e.g. ... 3,1,1,1 0 feature,feature+lookup 0,4,8,16 16        (FRONTIER 0: every node expanded;
                                                                    budget 0: no budget)"""
 import sys
@@ -24,6 +24,7 @@ from specjax.engine import Engine  # noqa: E402
 from specjax.sampling import SamplingConfig  # noqa: E402
 
 count = int(sys.argv[5]) if len(sys.argv) > 5 else 16
+temperature = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0  # > 0: sampling (seed 0), else greedy
 D = ROOT.parent / "shared" / "data" / "boost_prompts"
 per = [ma.read_texts(str(D / f))[5000:5000 + count // 2] for f in ("chat_prompts.jsonl", "context_tasks.jsonl")]
 texts = [t for g in zip(*per) for t in g]
@@ -37,8 +38,9 @@ for mix in sys.argv[3].split(","):
         eng = Engine(llm, drafters=tuple(mix.split("+")), budget=n or None, feature_ssm=fs)
         steps = toks = 0
         for i in range(0, len(prompts), 4):
-            res = eng.generate_spec(prompts[i:i + 4], 96, SamplingConfig(), eos_ids=gen.eos_ids())
+            res = eng.generate_spec(prompts[i:i + 4], 96, SamplingConfig(temperature=temperature),
+                                    eos_ids=gen.eos_ids(), seed=0)
             steps += sum(r.llm_steps for r in res)
             toks += sum(len(r.token_ids) for r in res)
-        print(f"exp={sys.argv[1]} frontier={sys.argv[2]} {mix} budget {n} MAT {toks / steps:.3f} "
+        print(f"exp={sys.argv[1]} frontier={sys.argv[2]} T={temperature} {mix} budget {n} MAT {toks / steps:.3f} "
               f"({len(prompts)} prompts, {time.time() - t0:.0f} s)", flush=True)
