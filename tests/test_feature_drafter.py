@@ -186,6 +186,9 @@ def test_dynamic_tree_is_the_full_trees_best_first_subtree(llm, distilled_fs):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(TreeConfigError, match="frontier"):
             feature.Config(model=distilled_fs.cfg, expansion=(3, 3), frontier=bad)
+    with pytest.raises(ValueError, match="confidence=True"):  # a dynamic tree ranks by the drafter's probability
+        feature.Config(model=distilled_fs.cfg, expansion=(3, 3, 3), frontier=2, confidence=False)
+    assert not feature.Config(model=distilled_fs.cfg, expansion=(3, 3), frontier=3).dynamic  # prunes nothing
 
 
 # ----------------------------------------------------------------------------- exactness

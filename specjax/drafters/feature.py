@@ -306,7 +306,6 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
     parents = jnp.full((B, n), -1, jnp.int32)
     qs, logps = [], []  # logps: per level, each node's log path probability [B, w]
     run_off = 0
-    dynamic = False  # whether some frontier was picked by score (the parents are then per row)
     for level in range(1, m + 1):
         k = cfg.expansion[level - 1]
         start, stop = int(topo.level_start[level]), int(topo.level_stop[level])
@@ -330,8 +329,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
         # The level's frontier: its f' most probable nodes (all of them without a frontier).
         f2 = _frontier_width(topo, level, cfg.frontier)
         if f2 < f * k:
-            _, sel = jax.lax.top_k(logps[-1], f2)  # [B, f']
-            dynamic = True
+            _, sel = jax.lax.top_k(logps[-1], f2)  # [B, f'] (cfg.dynamic: the parents are then per row)
         else:
             sel = jnp.broadcast_to(jnp.arange(f2), (B, f2))
         par = jnp.take_along_axis(jnp.broadcast_to(pf, (B, f * k)), sel, axis=1)  # [B, f'] place in the old frontier
@@ -352,7 +350,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
     else:
         scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind]))
     prop = Proposal(tokens=tokens, valid=jnp.ones((B, n), bool), score=jnp.broadcast_to(jnp.asarray(scores), (B, n)),
-                    q=jnp.concatenate(qs, axis=1) if stochastic else None, parents=parents if dynamic else None)
+                    q=jnp.concatenate(qs, axis=1) if stochastic else None, parents=parents if cfg.dynamic else None)
     done = ~running  # consumed pending pairs; rows not running keep everything
     return prop, State(cache=cache, o=o_root, feats=state.feats, next=state.next,
                        count=jnp.where(done, state.count, 0), start=jnp.where(done, state.start, P))
