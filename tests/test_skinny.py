@@ -25,11 +25,12 @@ from specjax.tree import TreeConfig
 # Nothing here is skipped: where tests run (CI included) the kernel must build (a C++ compiler and
 # jaxlib's headers); test_kernel_is_available fails with the reason when it does not.
 
-# M rows (1..64, tiles of every remainder), K (1, odd, > one panel's L1 share), N (< one panel, not a
-# multiple of 16, several thread chunks).
+# M rows (1..64, tiles of every remainder; a prefill's many rows over several k-major blocks of x), K
+# (1, odd, > one panel's L1 share), N (< one panel, not a multiple of 16, several thread chunks).
 SHAPES = [(1, 1, 1), (1, 7, 15), (2, 33, 16), (3, 64, 17), (5, 100, 33), (6, 577, 100), (7, 576, 1536),
           (8, 576, 1537), (11, 96, 200), (13, 129, 49), (16, 576, 1536), (17, 300, 31), (31, 64, 257),
-          (33, 50, 65), (48, 577, 96), (63, 31, 300), (64, 576, 1536)]
+          (33, 50, 65), (48, 577, 96), (63, 31, 300), (64, 576, 1536),
+          (65, 64, 33), (129, 577, 100), (300, 96, 1537)]
 
 
 def rel_err(got, want) -> float:
@@ -77,14 +78,16 @@ def test_bf16_weights_are_widened_exactly():
     assert rel_err(skinny.matmul(jnp.asarray(x), packed), want) < 1e-5
 
 
-def test_leading_dims_many_rows_and_columns():
+def test_leading_dims_many_rows_and_columns(monkeypatch):
     x, w = case(2 * 3 * 5, 40, 70)
     packed = skinny.pack(w)
     x3 = jnp.asarray(x.reshape(2, 3, 5, 40))
     want = x.astype(np.float64) @ w.astype(np.float64)
     assert rel_err(skinny.matmul(x3, packed).reshape(30, 70), want) < 1e-5
-    # More rows than the kernel serves: XLA's dot over the unpacked weight, same result.
-    xb, _ = case(skinny.MAX_ROWS + 1, 40, 70)
+    # More rows than the kernel serves (the baseline instruction set's limit): XLA's dot over the
+    # unpacked weight, same result.
+    xb, _ = case(skinny.GENERIC_MAX_ROWS + 1, 40, 70)
+    monkeypatch.setattr(skinny, "max_rows", lambda: skinny.GENERIC_MAX_ROWS)
     assert rel_err(skinny.matmul(jnp.asarray(xb), packed), xb.astype(np.float64) @ w) < 1e-5
     np.testing.assert_array_equal(np.asarray(packed.unpack()), w)
     ids = jnp.asarray([[0, 69], [16, 17]])
@@ -125,7 +128,7 @@ def test_every_instruction_set_this_processor_has():
             print(json.dumps({"ok": ok, "line": line, "err": 0.0}))
             sys.exit(0)
         errs = []
-        for m, k, n in [(1, 577, 1537), (7, 64, 17), (12, 96, 200), (16, 576, 1536), (64, 33, 65)]:
+        for m, k, n in [(1, 577, 1537), (7, 64, 17), (12, 96, 200), (16, 576, 1536), (64, 33, 65), (200, 577, 70)]:
             rng = np.random.default_rng(m)
             x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
             want = x.astype(np.float64) @ w

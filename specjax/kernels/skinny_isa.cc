@@ -199,29 +199,33 @@ static void tile_rows(const float* x, int64_t ldk, int64_t rows, int64_t K, cons
   for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * N, acc[r], sizeof(float) * nc);
 }
 
-// Panels [p0, p1) of y = x @ W, all M rows, x given k-major as xt [K, M] (blocked by MB rows).
+// Panels [p0, p1) of y = x @ W, all M rows, x given k-major in blocks of MB rows: block b (rows
+// b MB .. b MB + MB - 1) is [K, ld] at xt + b K ld (skinny.cc's k_major).
 template <int MR, typename W>
-static void run_panels(const float* x, int64_t M, int64_t K, const W* panels, int64_t N, float* y,
+static void run_panels(const float* xt, int64_t M, int64_t K, int64_t ld, const W* panels, int64_t N, float* y,
                        int64_t p0, int64_t p1) {
   constexpr int64_t MB = MR * 8;
-  for (int64_t m0 = 0; m0 < M; m0 += MB) {
+  for (int64_t m0 = 0, b = 0; m0 < M; m0 += MB, ++b) {
     const int64_t rows = M - m0 < MB ? M - m0 : MB;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t left = N - p * NB;
       const int nc = left < NB ? int(left) : NB;
-      tile_rows<MR>(x + m0, M, rows, K, panels + p * K * NB, y + m0 * N + p * NB, N, nc);
+      tile_rows<MR>(xt + b * K * ld, ld, rows, K, panels + p * K * NB, y + m0 * N + p * NB, N, nc);
     }
   }
 }
 
-void run_f32(const float* x, int64_t M, int64_t K, const float* panels, int64_t N, float* y,
+// Rows per k-major block of x (run_panels' MB).
+int64_t block_rows() { return int64_t(SKINNY_MR) * 8; }
+
+void run_f32(const float* xt, int64_t M, int64_t K, int64_t ld, const float* panels, int64_t N, float* y,
              int64_t p0, int64_t p1) {
-  run_panels<SKINNY_MR>(x, M, K, panels, N, y, p0, p1);
+  run_panels<SKINNY_MR>(xt, M, K, ld, panels, N, y, p0, p1);
 }
 
-void run_bf16(const float* x, int64_t M, int64_t K, const uint16_t* panels, int64_t N, float* y,
+void run_bf16(const float* xt, int64_t M, int64_t K, int64_t ld, const uint16_t* panels, int64_t N, float* y,
               int64_t p0, int64_t p1) {
-  run_panels<SKINNY_MR>(x, M, K, panels, N, y, p0, p1);
+  run_panels<SKINNY_MR>(xt, M, K, ld, panels, N, y, p0, p1);
 }
 
 }  // namespace SKINNY_NS
