@@ -24,11 +24,13 @@ from specjax.config import ModelConfig
 from specjax.decode_state import causal_mask
 
 CHUNK = 256  # prompt tokens per prefill call
+ONE_CALL = 2 * CHUNK  # a padded prompt up to this long is prefilled in one call
 
 
 def chunk_size(bucket: int, num_slots: int) -> int:
-    """C: CHUNK, or the padded prompt when shorter (one call as before), never past the cache."""
-    return min(CHUNK, bucket, num_slots)
+    """C: the padded prompt itself up to ONE_CALL tokens (one call: a 300-token prompt padded to 320
+    computes 320 positions, where chunks of 256 computed 512), else CHUNK; never past the cache."""
+    return min(bucket if bucket <= ONE_CALL else CHUNK, num_slots)
 
 
 def windows(chunk: int, num_slots: int) -> list[int]:

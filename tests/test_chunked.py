@@ -37,10 +37,11 @@ def outputs(engine, speculative, sampling, steps_per_call):
 def test_loop_and_prefill_chunks_do_not_change_the_output(engines, speculative, monkeypatch):
     engine = engines[speculative]
     for sampling in (SamplingConfig(), SAMPLED):
-        monkeypatch.setattr(prefill, "CHUNK", 1 << 20)  # one prefill call, one loop call: as before chunking
+        monkeypatch.setattr(prefill, "ONE_CALL", 1 << 20)  # one prefill call, one loop call: as before chunking
         one_shot = outputs(engine, speculative, sampling, steps_per_call=1 << 20)
         assert any(len(t) == 20 for t, _, _ in one_shot)  # a long enough run to split
         monkeypatch.setattr(prefill, "CHUNK", 8)  # 5 prefill chunks of the 40-token prompt
+        monkeypatch.setattr(prefill, "ONE_CALL", 8)
         for steps in (1, 3, None):  # None: adapted to the wall time
             assert outputs(engine, speculative, sampling, steps) == one_shot, (sampling, steps)
 
@@ -66,13 +67,13 @@ def test_chunked_prefill_writes_the_one_shot_cache(engines):
             assert not np.asarray(got[b, :, len(p) - 1:]).any()  # nothing written past P - 2
 
 
-def _plan(longest, bucket, slots, chunk):
-    old = prefill.CHUNK
-    prefill.CHUNK = chunk
+def _plan(longest, bucket, slots, chunk, one_call=None):
+    old = prefill.CHUNK, prefill.ONE_CALL
+    prefill.CHUNK, prefill.ONE_CALL = chunk, chunk if one_call is None else one_call
     try:
         return prefill.plan(longest, bucket, slots)
     finally:
-        prefill.CHUNK = old
+        prefill.CHUNK, prefill.ONE_CALL = old
 
 
 def test_prefill_plan_windows_and_last_chunk():
@@ -84,6 +85,10 @@ def test_prefill_plan_windows_and_last_chunk():
     assert _plan(100, 100, 100, 64) == [(0, 64, 64), (36, 64, 100)]
     assert _plan(30, 32, 256, 256) == [(0, 32, 64)]  # a short prompt: one call, a quarter of the cache
     assert _plan(1, 16, 64, 256) == []  # a one-token prompt has nothing to prefill
+    # up to ONE_CALL tokens the padded prompt goes in one call: a 300-token prompt padded to 320 computes
+    # 320 positions, not two chunks of 256 (512)
+    assert _plan(300, 320, 512, 256, one_call=512) == [(0, 320, 320)]
+    assert _plan(600, 640, 1024, 256, one_call=512) == [(0, 256, 256), (256, 256, 512), (512, 256, 1024)]
 
 
 def test_next_chunk_aims_at_the_target_time():
