@@ -25,7 +25,7 @@ from specjax.chunked import run_chunked
 from specjax.config import ModelConfig
 from specjax.decode_state import FINISH_REASONS, MAX_NEW_TOKENS, RUNNING, DecodeState, prefill, step_room
 from specjax.prefill import plan as prefill_plan
-from specjax.prefill import prefill_chunk
+from specjax.prefill import place, prefill_chunk
 from specjax.drafters.setup import build_drafters, check_budget, prefill_outputs
 from specjax.fallback import FallbackConfig, Watch
 from specjax.incremental import STEP_ROOM as INCREMENTAL_ROOM
@@ -315,10 +315,9 @@ class Engine:
             # outputs carry the mesh's sharding.
             self.prefill_successors = jnp.zeros((B, bucket, successors), jnp.int32) if successors else None
             self.prefill_features = jnp.zeros((B, bucket, len(taps) * cfg.hidden_size), dtype) if taps else None
-        elif successors or taps:  # the recycling table / feature drafter start from the prefill (one call)
-            out = self._run("prefill", _prefill, (self.llm.params, cache, tokens, prompt_len),
-                            dict(cfg=cfg, bucket=bucket, successors=successors, taps=tuple(taps)))
-            cache, self.prefill_successors, self.prefill_features = out
+        elif successors or taps:  # the recycling table / feature drafter start from the prefill's outputs
+            cache, self.prefill_successors, self.prefill_features = self.prefill(
+                self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket, successors, tuple(taps))
         else:
             cache = self.prefill(self.llm.params, cfg, cache, tokens, prompt_len, longest, bucket)
             self.prefill_successors = self.prefill_features = None
@@ -334,20 +333,39 @@ class Engine:
         )
         return sharding.shard_decode_state(state, cfg, self.mesh), bucket
 
-    def prefill(self, params, cfg: ModelConfig, cache, tokens, prompt_len, longest: int, bucket: int):
+    def prefill(self, params, cfg: ModelConfig, cache, tokens, prompt_len, longest: int, bucket: int,
+                successors: int = 0, taps: tuple[int, ...] = ()):
         """The prompts' K/V into the cache, in chunks (specjax.prefill): memory bounded by the chunk,
-        a progress line every few seconds (self.progress) for long prompts."""
+        a progress line every few seconds (self.progress) for long prompts. With successors = k > 0 or
+        taps, returns (cache, the LLM's top-k [B, bucket, k] or None, features [B, bucket, F] or None)
+        at every prefilled position, as drafters.setup.prefill_outputs does in one call."""
         t0 = last = time.perf_counter()
         steps = prefill_plan(longest, bucket, cache.num_slots)
+        outputs = bool(successors or taps)
+        end = max([bucket] + [start + chunk for start, chunk, _ in steps])  # chunk outputs land in [0, end)
+        B = tokens.shape[0]
+        top = jnp.zeros((B, end, successors), jnp.int32) if successors else None
+        feats = jnp.zeros((B, end, len(taps) * cfg.hidden_size), model.compute_dtype(params)) if taps else None
         for i, (start, chunk, window) in enumerate(steps):
-            cache = self._run("prefill", prefill_chunk, (params, cache, tokens, prompt_len, jnp.int32(start)),
-                              dict(cfg=cfg, chunk=chunk, window=window))
+            static = dict(cfg=cfg, chunk=chunk, window=window)
+            if outputs:
+                static.update(successors=successors, taps=tuple(taps))
+            out = self._run("prefill", prefill_chunk, (params, cache, tokens, prompt_len, jnp.int32(start)), static)
+            if outputs:
+                cache, part_top, part_feats = out
+                at = jnp.int32(start)
+                top = place(top, part_top, at) if successors else None
+                feats = place(feats, part_feats, at) if taps else None
+            else:
+                cache = out
             if self.progress is not None and i + 1 < len(steps) and time.perf_counter() - last > PROGRESS_SECONDS:
                 jax.block_until_ready(cache)
                 last = time.perf_counter()
                 self.progress(f"prefill: {min(start + chunk, longest - 1)}/{longest - 1} prompt tokens, "
                               f"{last - t0:.0f}s")
-        return cache
+        if not outputs:
+            return cache
+        return cache, None if top is None else top[:, :bucket], None if feats is None else feats[:, :bucket]
 
     def _run(self, name: str, fn, args: tuple, static: dict):
         """Calls jitted fn, compiling ahead of time once per (static args, shapes) so that compile

@@ -54,21 +54,39 @@ def plan(longest_prompt: int, bucket: int, num_slots: int) -> list[tuple[int, in
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "chunk", "window"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk", "window", "successors", "taps"), donate_argnames=("cache",))
 def prefill_chunk(params, cache: model.KVCache, tokens, prompt_len, start, cfg: ModelConfig, chunk: int,
-                  window: int) -> model.KVCache:
+                  window: int, successors: int = 0, taps: tuple[int, ...] = ()):
     """Writes the K/V of prompt positions start .. start + chunk - 1 (those < prompt_len[b] - 1).
 
     Args:
       tokens: [B, S] int32, prompts at slots 0 .. P - 1; prompt_len [B]; start: traced int32 scalar.
       window: static W <= S, > start + chunk - 1: the slots the chunk's queries may attend to.
-    """
+      successors, taps: what drafters read at every prefilled position (drafters.setup.prefill_outputs).
+    Returns the cache; with successors = k > 0 or taps, (cache, the LLM's top-k next tokens [B, C, k]
+    int32 or None, the features after the layers `taps` [B, C, len(taps) * D] or None) at the chunk's
+    positions (those past P - 2 are not real)."""
     B, S = tokens.shape
     t = start + jnp.broadcast_to(jnp.arange(chunk), (B, chunk))  # [B, C] positions = slots
     real = t < (prompt_len - 1)[:, None]
     slots = jnp.where(real, t, window)  # window: dropped
     view = model.KVCache(k=tuple(c[:, :, :window] for c in cache.k), v=tuple(c[:, :, :window] for c in cache.v))
     chunk_tokens = jax.lax.dynamic_slice_in_dim(tokens, start, chunk, axis=1)
-    _, view = model.forward(params, cfg, chunk_tokens, t, view, slots, causal_mask(t, window))
+    args = (params, cfg, chunk_tokens, t, view, slots, causal_mask(t, window))
+    feats = top = None
+    if taps:
+        hidden, view, feats = model.forward_features(*args, taps)
+    else:
+        hidden, view = model.forward(*args)
+    if successors:
+        top = jax.lax.top_k(model.lm_head(params, cfg, hidden), successors)[1].astype(jnp.int32)
     put = lambda full, part: jax.lax.dynamic_update_slice_in_dim(full, part, 0, axis=2)
-    return model.KVCache(k=tuple(map(put, cache.k, view.k)), v=tuple(map(put, cache.v, view.v)))
+    cache = model.KVCache(k=tuple(map(put, cache.k, view.k)), v=tuple(map(put, cache.v, view.v)))
+    return (cache, top, feats) if successors or taps else cache
+
+
+@functools.partial(jax.jit, donate_argnames=("full",))
+def place(full, part, start):
+    """full [B, N, ...] with part [B, C, ...] at positions start .. start + C - 1 (start + C <= N: the
+    caller checks; dynamic_update_slice would move an overrunning part silently)."""
+    return jax.lax.dynamic_update_slice_in_dim(full, part, start, axis=1)

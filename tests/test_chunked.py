@@ -67,6 +67,33 @@ def test_chunked_prefill_writes_the_one_shot_cache(engines):
             assert not np.asarray(got[b, :, len(p) - 1:]).any()  # nothing written past P - 2
 
 
+def test_chunked_prefill_gives_the_drafters_what_the_one_shot_prefill_did(engines, monkeypatch):
+    """The drafters' prefill outputs (top-k successors, features at taps) from chunks equal the one-call
+    prefill's (drafters.setup.prefill_outputs) at every real position, and so does the cache."""
+    from specjax.drafters.setup import prefill_outputs
+
+    engine = engines[0]
+    params = engine.llm.params
+    B, S, bucket, k, taps = len(PROMPTS), 128, 64, 3, (0, 1)
+    tokens = np.zeros((B, S), np.int32)
+    for b, p in enumerate(PROMPTS):
+        tokens[b, :len(p)] = p
+    lens = jnp.asarray([len(p) for p in PROMPTS], jnp.int32)
+    tokens = jnp.asarray(tokens)
+    ref_cache, ref_top, ref_feats = prefill_outputs(params, CFG, model.init_cache(CFG, B, S), tokens, lens, bucket, k, taps)
+    monkeypatch.setattr(prefill, "CHUNK", 16)  # 3 chunks of the 40-token prompt
+    monkeypatch.setattr(prefill, "ONE_CALL", 16)
+    cache, top, feats = engine.prefill(params, CFG, model.init_cache(CFG, B, S), tokens, lens, 40, bucket, k, taps)
+    assert top.shape == ref_top.shape and feats.shape == ref_feats.shape
+    for b, p in enumerate(PROMPTS):
+        real = len(p) - 1
+        np.testing.assert_array_equal(np.asarray(top[b, :real]), np.asarray(ref_top[b, :real]))
+        got, want = np.asarray(feats[b, :real], np.float64), np.asarray(ref_feats[b, :real], np.float64)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()  # float32 sums in another order
+        for got, want in zip(cache.k + cache.v, ref_cache.k + ref_cache.v):
+            np.testing.assert_allclose(np.asarray(got[b, :, :real]), np.asarray(want[b, :, :real]), rtol=1e-5, atol=1e-5)
+
+
 def _plan(longest, bucket, slots, chunk, one_call=None):
     old = prefill.CHUNK, prefill.ONE_CALL
     prefill.CHUNK, prefill.ONE_CALL = chunk, chunk if one_call is None else one_call
