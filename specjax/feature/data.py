@@ -291,7 +291,7 @@ def build(llm, prompt_ids: Sequence[Sequence[int]], directory: str | Path, cfg: 
     check_meta(directory, meta)
     from specjax import skinny
 
-    packed = skinny.pack_params(llm.params, llm.cfg) if responses is None else None  # decoding: the CPU kernel
+    packed = skinny.pack_params(llm.params, llm.cfg)  # the CPU kernel where it runs (decoding and reading)
     eos = tuple(sorted(set(llm.cfg.eos_token_ids) | set(getattr(llm.tokenizer, "eos_token_ids", ()) or ())))
     (directory / TOKENS).mkdir(exist_ok=True)
     chunks = -(-len(prompt_ids) // cfg.batch_size)
@@ -315,7 +315,7 @@ def build(llm, prompt_ids: Sequence[Sequence[int]], directory: str | Path, cfg: 
         if not (directory / f"topk-{c:05d}.npz").is_file():
             with np.load(part) as f:
                 tokens, mask = f["tokens"], f["mask"]
-            feats, ids, probs = features(llm.params, llm.cfg, tokens, cfg.taps, cfg.top_k, mask=mask)
+            feats, ids, probs = features(packed, llm.cfg, tokens, cfg.taps, cfg.top_k, mask=mask)
             _atomic_save(directory / f"feat-{c:05d}.npy", np.save, feats)
             _atomic_save(directory / f"topk-{c:05d}.npz", np.savez, ids=ids, probs=probs)
         bar.update(1)
