@@ -344,18 +344,19 @@ class Engine:
         outputs = bool(successors or taps)
         end = max([bucket] + [start + chunk for start, chunk, _ in steps])  # chunk outputs land in [0, end)
         B = tokens.shape[0]
-        top = jnp.zeros((B, end, successors), jnp.int32) if successors else None
-        feats = jnp.zeros((B, end, len(taps) * cfg.hidden_size), model.compute_dtype(params)) if taps else None
+        made = {}  # "top" [B, end, k], "feats" [B, end, F]: allocated from the first chunk's outputs (their dtypes)
         for i, (start, chunk, window) in enumerate(steps):
             static = dict(cfg=cfg, chunk=chunk, window=window)
             if outputs:
                 static.update(successors=successors, taps=tuple(taps))
             out = self._run("prefill", prefill_chunk, (params, cache, tokens, prompt_len, jnp.int32(start)), static)
             if outputs:
-                cache, part_top, part_feats = out
-                at = jnp.int32(start)
-                top = place(top, part_top, at) if successors else None
-                feats = place(feats, part_feats, at) if taps else None
+                cache, *parts = out
+                for name, part in zip(("top", "feats"), parts):
+                    if part is not None:
+                        full = made.get(name)
+                        full = jnp.zeros((B, end) + part.shape[2:], part.dtype) if full is None else full
+                        made[name] = place(full, part, jnp.int32(start))
             else:
                 cache = out
             if self.progress is not None and i + 1 < len(steps) and time.perf_counter() - last > PROGRESS_SECONDS:
@@ -365,7 +366,11 @@ class Engine:
                               f"{last - t0:.0f}s")
         if not outputs:
             return cache
-        return cache, None if top is None else top[:, :bucket], None if feats is None else feats[:, :bucket]
+        if not steps:  # nothing to prefill (one-token prompts): zeros of the outputs' shapes
+            made = {"top": jnp.zeros((B, end, successors), jnp.int32),
+                    "feats": jnp.zeros((B, end, len(taps) * cfg.hidden_size), model.compute_dtype(params))}
+        top = made["top"][:, :bucket] if successors else None
+        return cache, top, made["feats"][:, :bucket] if taps else None
 
     def _run(self, name: str, fn, args: tuple, static: dict):
         """Calls jitted fn, compiling ahead of time once per (static args, shapes) so that compile

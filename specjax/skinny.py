@@ -5,7 +5,8 @@ XLA:CPU runs a dot of 2..64 rows through a GEMM that re-packs the whole weight m
 so verifying a tree of 8 tokens costs far more than one token although it reads the same weight
 bytes. The kernel (specjax/kernels/) reads each weight once per call straight from a panel layout,
 keeps the rows of x in registers, splits the columns over XLA's intra-op threads and uses AVX-512,
-AVX2 or baseline vector code as the processor allows.
+AVX2 or baseline vector code as the processor allows. It serves a prefill's many rows as well (x in
+blocks of 128 rows, each panel streamed once per block): faster than XLA's GEMM there too.
 
     packed = pack(w)                  # W [K, N] -> PackedWeight, data [NP, K, 16] (f32 or bf16)
     y = matmul(x, packed)             # x [..., K] -> [..., N] in float32
