@@ -9,7 +9,8 @@ shape), at a committed prefix of --prefix tokens in a cache of --slots slots, fo
 (the params as loaded), `kernel` (packed for specjax's CPU kernel, float32) and with --bf16 `kernel
 bf16` (weights stored in bf16). Every (path, size) is interleaved round-robin so machine drift hits
 all alike; it prints the median time, the ratio to the same path's N=1, and the one-token step over
-the memory roofline (the path's weight bytes / the measured read bandwidth).
+the memory roofline (the path's weight bytes / the read bandwidth, a read of the weights' bytes timed
+in the same rounds: this VM's bandwidth moves by a third within minutes).
 With --breakdown it also times the decoder without the LM head (XLA path), to say where the time goes.
 """
 
@@ -34,7 +35,7 @@ def main():
     import jax.numpy as jnp
 
     from specjax import api, skinny
-    from specjax.bench.memory import read_bandwidth, weight_bytes
+    from specjax.bench.memory import read_bandwidth, reader, weight_bytes
 
     llm = api.load(args.llm)
     cfg = llm.cfg
@@ -46,9 +47,13 @@ def main():
         variants["kernel"] = skinny.pack_params(llm.params, cfg)
         if args.bf16:
             variants["kernel bf16"] = skinny.pack_params(llm.params, cfg, jnp.bfloat16)
-    times = tree_forward_seconds_by(variants, cfg, sizes, args.prefix, args.slots, args.repeats)
-    bw = read_bandwidth(weight_bytes(llm.params))
-    print(f"read bandwidth {bw / 1e9:.1f} GB/s (best full read of a buffer of the weights' size)")
+    nbytes = weight_bytes(llm.params)
+    times = tree_forward_seconds_by(variants, cfg, sizes, args.prefix, args.slots, args.repeats,
+                                    others={"read": reader(nbytes)})
+    bw = nbytes / times.pop("read")[0]  # the same statistic over the same rounds as the steps
+    best = read_bandwidth(nbytes)
+    print(f"read bandwidth {bw / 1e9:.1f} GB/s (a read of the weights' bytes, timed in the same rounds as the "
+          f"steps; the best single read now: {best / 1e9:.1f} GB/s)")
     header = f"{'nodes':>6}" + "".join(f" {v + ' ms':>16} {'x 1':>6}" for v in variants)
     print(header)
     for n in sizes:

@@ -161,9 +161,12 @@ def tree_forward_seconds(params, cfg, sizes: Sequence[int], prefix: int = 100, s
 
 
 def tree_forward_seconds_by(variants: dict, cfg, sizes: Sequence[int], prefix: int = 100, slots: int = 320,
-                            repeats: int = 10, head: bool = True, stat=np.median) -> dict[str, dict[int, float]]:
+                            repeats: int = 10, head: bool = True, stat=np.median,
+                            others: dict | None = None) -> dict[str, dict[int, float]]:
     """tree_forward_seconds for several params of one model (e.g. packed for the CPU kernel and not),
-    every (variant, size) interleaved round-robin in one run. Returns {variant: {N: seconds}}."""
+    every (variant, size) interleaved round-robin in one run. Returns {variant: {N: seconds}}.
+    others: {name: fn()} timed in the same rounds (e.g. a read of the weights' bytes, so that a
+    roofline and the steps see the same machine), returned as {name: {0: seconds}}."""
     import time
 
     import jax
@@ -178,11 +181,18 @@ def tree_forward_seconds_by(variants: dict, cfg, sizes: Sequence[int], prefix: i
     for v, params in variants.items():
         for n in sizes:
             _, caches[v] = jax.block_until_ready(fwd(params, caches[v], trees[n]))  # compile
-    times = {v: {n: [] for n in sizes} for v in variants}
+    others = others or {}
+    for fn in others.values():
+        jax.block_until_ready(fn())  # compile
+    times = {v: {n: [] for n in sizes} for v in variants} | {name: {0: []} for name in others}
     for _ in range(repeats):
         for v, params in variants.items():
             for n in sizes:
                 t = time.perf_counter()
                 _, caches[v] = jax.block_until_ready(fwd(params, caches[v], trees[n]))
                 times[v][n].append(time.perf_counter() - t)
+        for name, fn in others.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name][0].append(time.perf_counter() - t)
     return {v: {n: float(stat(t)) for n, t in tv.items()} for v, tv in times.items()}

@@ -27,6 +27,13 @@ def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
     return nbytes / best
 
 
+def reader(nbytes: int):
+    """fn() reading an nbytes buffer once (XLA, all threads): a roofline probe to time beside the steps."""
+    x = jnp.ones(nbytes // 4, jnp.float32)
+    f = jax.jit(lambda v: jnp.sum(v))
+    return lambda: f(x)
+
+
 def weight_bytes(params) -> int:
     """Bytes one forward reads from the params (packed kernel weights count their padded panels)."""
     return int(sum(x.nbytes for x in jax.tree.leaves(params)))
