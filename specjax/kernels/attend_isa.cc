@@ -27,9 +27,44 @@ namespace SKINNY_NS {
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
 
-static inline v8 vload8(const float* p) {
-  v8 v;
+// 16 floats (one zmm with AVX-512, two ymm with AVX2): the P x V loop's columns.
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 vload16(const float* p) {
+  v16 v;
   std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// The P x V loop's register block: rows x columns of v16 accumulators (AVX-512: 4 x 64 = 16 zmm;
+// otherwise 2 x 32 = 8 ymm pairs' worth).
+#if defined(__AVX512F__)
+constexpr int PV_ROWS = 4, PV_COLS = 64;
+#else
+constexpr int PV_ROWS = 2, PV_COLS = 32;
+#endif
+
+// acc[g][c] += p[8 j + g] * v_j[i0 + 16 c ..] over the entries j in order, for G rows and PV_COLS columns
+// (each value row's columns loaded once for the G rows).
+template <int G>
+static inline __attribute__((always_inline)) void pv_full(v16 (&acc)[PV_ROWS][PV_COLS / 16], const float* p,
+                                                         const float* const* vrows, int64_t n, int64_t i0) {
+  for (int64_t j = 0; j < n; ++j) {
+    v16 v[PV_COLS / 16];
+#pragma GCC unroll 4
+    for (int c = 0; c < PV_COLS / 16; ++c) v[c] = vload16(vrows[j] + i0 + 16 * c);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      const float pg = p[8 * j + g];
+#pragma GCC unroll 4
+      for (int c = 0; c < PV_COLS / 16; ++c) acc[g][c] += pg * v[c];
+    }
+  }
+}
+
+static inline v16 vload16n(const float* p, int64_t w) {  // w <= 16 floats, zeros after
+  v16 v = {};
+  std::memcpy(&v, p, sizeof(float) * size_t(w));
   return v;
 }
 
@@ -150,25 +185,38 @@ void attend(const float* q, const float* kn, const float* vn, const float* kc, c
       sc[j] = seen[j] > zero ? e : zero;
       denom += sc[j];
     }
-    // out[r, i] = sum_j p[j, r] v_j[i] / denom[r], 8 columns at a time (one v8 per row).
-    for (int64_t i0 = 0; i0 < A; i0 += 8) {
-      const int64_t w = std::min<int64_t>(8, A - i0);
-      v8 acc[RB] = {};
-      for (int64_t j = 0; j < n; ++j) {
-        v8 v = {};
-        if (w == 8) {
-          v = vload8(vrows[j] + i0);
-        } else {
-          for (int64_t i = 0; i < w; ++i) v[i] = vrows[j][i0 + i];
+    // out[r, i] = sum_j p[j, r] v_j[i] / denom[r]: the block's rows (only those it has) in groups of PV_ROWS,
+    // PV_COLS columns at a time in v16 accumulators (one register file's worth), each output one FMA
+    // chain over the entries in order: the same multiply-adds per (row, column, entry) as when this loop
+    // ran 8 columns x all 8 rows, so the same floats. A decode step has 3 rows of 8, whose wasted FMAs
+    // and lane broadcasts were most of a long context's attention.
+    const float* pj = reinterpret_cast<const float*>(sc);  // sc[j] lane r = pj[8 j + r]
+    for (int64_t r0g = 0; r0g < rows; r0g += PV_ROWS) {
+      const int gr = int(std::min<int64_t>(PV_ROWS, rows - r0g));
+      for (int64_t i0 = 0; i0 < A; i0 += PV_COLS) {
+        const int64_t w = std::min<int64_t>(PV_COLS, A - i0);
+        const int chunks = int((w + 15) / 16);
+        v16 acc[PV_ROWS][PV_COLS / 16] = {};
+        if (w == PV_COLS) {
+          switch (gr) {
+#define PV_CASE(G) case G: if constexpr (G <= PV_ROWS) pv_full<G>(acc, pj + r0g, vrows.data(), n, i0); break;
+            PV_CASE(1) PV_CASE(2) PV_CASE(3) PV_CASE(4)
+#undef PV_CASE
+            default: break;
+          }        } else {
+          for (int64_t j = 0; j < n; ++j)
+            for (int c = 0; c < chunks; ++c) {
+              const v16 v = vload16n(vrows[j] + i0 + 16 * c, std::min<int64_t>(16, w - 16 * c));
+              for (int g = 0; g < gr; ++g) acc[g][c] += pj[8 * j + r0g + g] * v;
+            }
         }
-        const v8 p = sc[j];
-#pragma GCC unroll 8
-        for (int r = 0; r < RB; ++r) acc[r] += p[r] * v;
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        float* o = out + off[r] + i0;
-        const float d = denom[r];
-        for (int64_t i = 0; i < w; ++i) o[i] = d > 0.f ? acc[r][i] / d : 0.f;  // sees nothing: zeros
+        for (int g = 0; g < gr; ++g) {
+          float* o = out + off[r0g + g];
+          const float d = denom[r0g + g];
+          for (int c = 0; c < chunks; ++c)
+            for (int64_t i = 0, e = std::min<int64_t>(16, w - 16 * c); i < e; ++i)
+              o[i0 + 16 * c + i] = d > 0.f ? acc[g][c][i] / d : 0.f;  // sees nothing: zeros
+        }
       }
     }
   }
