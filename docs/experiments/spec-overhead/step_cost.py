@@ -3,7 +3,8 @@ side generates 32 and then 160 new tokens (greedy, ignore EOS is not available, 
 stops early says so), and (t_160 - t_32) / (steps_160 - steps_32) leaves prefill and per-call costs
 out. Rounds alternate. The default prompt is the README's; --context N takes held-out context task N.
 
-    python docs/experiments/spec-overhead/step_cost.py [--context N] [--rounds 3] [--drafters feature,lookup --budget 4]
+    python docs/experiments/spec-overhead/step_cost.py [--context N | --specbench-longest N] [--rounds 3]
+                                                       [--drafters feature,lookup --budget 4]
 """
 import argparse, statistics, sys, time
 from pathlib import Path
@@ -17,9 +18,14 @@ ap.add_argument("--context", type=int, default=None)
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--drafters", default=None)
 ap.add_argument("--budget", type=int, default=None)
+ap.add_argument("--specbench-longest", type=int, default=None, help="Spec-Bench's N-th longest first turn (0: the longest)")
 args = ap.parse_args()
 prompt = "What is speculative decoding?"
-if args.context is not None:
+if args.specbench_longest is not None:
+    import json
+    rows = [json.loads(l) for l in open(ROOT.parent / "shared/data/eval/spec_bench_questions.jsonl")]
+    prompt = sorted(rows, key=lambda r: -len(r["turns"][0]))[args.specbench_longest]["turns"][0]
+elif args.context is not None:
     prompt = read_texts(str(ROOT.parent / "shared/data/boost_prompts/context_tasks.jsonl"))[5000 + args.context]
 gs = {"inc": api.Generator.load(mode="incremental"),
       "spec": api.Generator.load(drafters=args.drafters, budget=args.budget)}
