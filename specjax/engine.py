@@ -355,7 +355,8 @@ class Engine:
                 for name, part in zip(("top", "feats"), parts):
                     if part is not None:
                         full = made.get(name)
-                        full = jnp.zeros((B, end) + part.shape[2:], part.dtype) if full is None else full
+                        if full is None:  # over the mesh's rows, as the chunk outputs are
+                            full = sharding.shard_rows(jnp.zeros((B, end) + part.shape[2:], part.dtype), self.mesh)
                         made[name] = place(full, part, jnp.int32(start))
             else:
                 cache = out
@@ -366,9 +367,10 @@ class Engine:
                               f"{last - t0:.0f}s")
         if not outputs:
             return cache
-        if not steps:  # nothing to prefill (one-token prompts): zeros of the outputs' shapes
-            made = {"top": jnp.zeros((B, end, successors), jnp.int32),
-                    "feats": jnp.zeros((B, end, len(taps) * cfg.hidden_size), model.compute_dtype(params))}
+        if not steps:  # nothing to prefill (one-token prompts): zeros of the outputs' shapes, over the rows
+            made = sharding.shard_rows({"top": jnp.zeros((B, end, successors), jnp.int32),
+                                        "feats": jnp.zeros((B, end, len(taps) * cfg.hidden_size),
+                                                           model.compute_dtype(params))}, self.mesh)
         top = made["top"][:, :bucket] if successors else None
         return cache, top, made["feats"][:, :bucket] if taps else None
 
