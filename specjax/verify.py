@@ -184,7 +184,7 @@ def mss_verify(key: jax.Array, p: jax.Array, tokens: jax.Array, parents: jax.Arr
     r = sampling.uniform_rows(key_r, (n,))  # one uniform per node, [0, 1)
     row = jax.vmap(functools.partial(_mss_row, max_depth=max_depth))
     last, num_accepted, res = row(r, p, tokens, parents, valid, q)
-    next_token = sampling.categorical_rows(key_x, jnp.log(res)).astype(jnp.int32)  # [B]
+    next_token = sampling.draw_rows(key_x, res)  # [B]: res need not be normalised
     return VerifyResult(
         path=_path_to(last, num_accepted, parents, max_depth),
         num_accepted=num_accepted,

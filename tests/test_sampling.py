@@ -14,6 +14,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from specjax import sampling
 from specjax.sampling import SamplingConfig, argmax, probs, sample, warp_logits
 
 V = 50
@@ -135,6 +136,45 @@ def test_sample_follows_probs():
     assert counts[p == 0].sum() == 0
     keep = p > 0
     assert stats.chisquare(counts[keep], p[keep] / p[keep].sum() * n).pvalue > 1e-3
+
+
+def _chi2_pvalue(draws: np.ndarray, w: np.ndarray) -> float:
+    counts = np.bincount(draws, minlength=w.size)
+    keep = w > 0
+    e = w[keep].astype(np.float64)
+    return stats.chisquare(counts[keep], e / e.sum() * draws.size).pvalue
+
+
+def test_inverse_cdf_draw_follows_weights_across_blocks():
+    """sampling.draw over 3 blocks of DRAW_BLOCK and a ragged end: unnormalised weights with zeros
+    (never drawn) and a block with no weight; several draws per distribution; a draw that took the
+    next block's first token after every block boundary (an off-by-one in the block search) fails."""
+    rng = np.random.default_rng(3)
+    V = 2 * sampling.DRAW_BLOCK + 40
+    w = rng.random((2, V)).astype(np.float32) * 5
+    w[:, ::5] = 0
+    w[1, sampling.DRAW_BLOCK: 2 * sampling.DRAW_BLOCK] = 0
+    n = 60_000
+    u = jax.random.uniform(jax.random.key(0), (2, n))
+    x = np.asarray(jax.jit(sampling.draw)(u, jnp.asarray(w)))
+    assert x.shape == (2, n) and x.dtype == np.int32
+    for r in range(2):
+        assert np.all(w[r][x[r]] > 0)
+        assert _chi2_pvalue(x[r], w[r]) > 1e-3
+    # The same uniforms mapped as a block search that overshoots by one token at each boundary would:
+    bad = np.where(x[0] % sampling.DRAW_BLOCK == sampling.DRAW_BLOCK - 1, np.minimum(x[0] + 1, V - 1), x[0])
+    bad = np.where(w[0][bad] > 0, bad, x[0])
+    assert _chi2_pvalue(bad, w[0]) < 1e-3
+
+
+def test_inverse_cdf_draw_edges():
+    w = jnp.asarray([[0.0, 0.0, 2.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    u = jnp.asarray([[0.0, 0.99999994], [0.0, 0.99999994]])
+    np.testing.assert_array_equal(np.asarray(sampling.draw(u, w)), [[2, 2], [0, 1]])
+    keys = jax.random.split(jax.random.key(0), 3)
+    one = sampling.draw_rows(jax.random.key_data(keys), jnp.ones((3, 7, 300)))
+    many = sampling.draw_rows(jax.random.key_data(keys), jnp.ones((3, 7, 300)), 4)
+    assert one.shape == (3, 7) and many.shape == (3, 7, 4)
 
 
 @pytest.mark.parametrize("kwargs, field", [

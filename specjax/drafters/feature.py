@@ -315,7 +315,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
         if stochastic:
             key, sub = sampling.split_rows(sampling.as_row_keys(key, B), 2)  # one key per row [B, 2]
             probs = sampling.probs(lg, sampling_cfg)  # [B, f, V']
-            draft = sampling.categorical_rows(sub, jnp.log(probs)[:, :, None, :], shape=(f, k)).reshape(B, f * k)
+            draft = sampling.draw_rows(sub, probs, k).reshape(B, f * k)  # [B, f, k] draws
             qs.append(jnp.zeros((B, f * k, V), jnp.float32).at[:, :, d2t].add(probs[:, pf]))
         else:
             val, top = jax.lax.top_k(jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1), k)  # [B, f, k]

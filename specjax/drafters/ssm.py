@@ -89,8 +89,7 @@ def draft_tree(key, params, cfg: ModelConfig, cache: model.KVCache, seq, ssm_len
         if stochastic:
             key, sub = sampling.split_rows(sampling.as_row_keys(key, B), 2)  # one key per row [B, 2]
             probs = sampling.probs(frontier_logits, sampling_cfg)  # [B, w, V]
-            draws = sampling.categorical_rows(sub, jnp.log(probs)[:, :, None, :],
-                                              shape=(probs.shape[1], k))  # [B, w, k]
+            draws = sampling.draw_rows(sub, probs, k)  # [B, w, k]
             child = draws[:, parent_frontier, rank]  # [B, w']
             qs.append(probs[:, parent_frontier])  # [B, w', V]
         else:
