@@ -27,8 +27,11 @@ def reference(q, k, v, k_cache, v_cache, slots, mask):
 
 
 @pytest.mark.parametrize("cpu_kernel", KERNEL)
-@pytest.mark.parametrize("S,A", [(40, 8), (300, 12), (3 * model.BLOCK, 8)])  # one pass; blocks with a short last one; exact blocks
-def test_attend_equals_masked_attention_over_the_written_cache(S, A, cpu_kernel):
+@pytest.mark.parametrize("S,A,ragged", [(40, 8, False), (300, 12, False), (3 * model.BLOCK, 8, False), (300, 12, True)])
+def test_attend_equals_masked_attention_over_the_written_cache(S, A, ragged, cpu_kernel):
+    """S: one pass; blocks with a short last one; exact blocks. ragged: the queries of a row see
+    different cache slots (the kernel's per-row path; otherwise they all see the row's prefix, its
+    shared-mask path)."""
     B, T, H, K = 3, 5, 6, 2
     rng = np.random.default_rng(S)
     keys = jax.random.split(jax.random.PRNGKey(S), 5)
@@ -49,6 +52,10 @@ def test_attend_equals_masked_attention_over_the_written_cache(S, A, cpu_kernel)
                 if slots[b, u] < S:
                     mask[b, t, slots[b, u]] = True
     mask[1, -1] = mask[1, 0]  # the padding query still gets a finite output
+    if ragged:  # each query of rows 1 and 2 misses its own random tenth of the row's cache slots
+        for b in (1, 2):
+            for t in range(T):
+                mask[b, t, : length[b]] &= rng.random(length[b]) >= 0.1
     slots, mask = jnp.asarray(slots, jnp.int32), jnp.asarray(mask)
     got = model.attend(q, k, v, k_cache, v_cache, slots, mask, cpu_kernel=cpu_kernel)
     want = reference(q, k, v, k_cache, v_cache, slots, mask)

@@ -131,11 +131,31 @@ void attend(const float* q, const float* kn, const float* vn, const float* kc, c
     for (int64_t t = t_lo; t <= t_hi; ++t) {
       const bool* om = old_mask + (b * T + t) * S;
       int64_t h = S;
+      for (uint64_t word; h - 8 >= hi; h -= 8) {  // 8 mask bytes at a time while they are all 0
+        std::memcpy(&word, om + h - 8, 8);
+        if (word) break;
+      }
       while (h > hi && !om[h - 1]) --h;
       hi = std::max(hi, h);
     }
     int64_t n = 0;
-    for (int64_t s = 0; s < hi; ++s) {
+    // The usual case: every query of the block sees the same cache slots (a tree's nodes and a prefill
+    // chunk's tokens all see the committed prefix): then one mask row decides, a byte per slot, and an
+    // entry is seen by all the block's rows (the same `seen` lanes the per-row loop below would build).
+    const bool* om0 = old_mask + (b * T + t_lo) * S;
+    bool same = true;
+    for (int64_t t = t_lo + 1; t <= t_hi && same; ++t)
+      same = std::memcmp(om0, old_mask + (b * T + t) * S, size_t(hi)) == 0;
+    if (same) {
+      v8 all = {};
+      for (int r = 0; r < rows; ++r) all[r] = 1.f;
+      for (int64_t s = 0; s < hi; ++s) {
+        if (!om0[s]) continue;
+        const int64_t row = ((b * K + kh) * S + s) * A;
+        krows[n] = kc + row, vrows[n] = vc + row, seen[n++] = all;
+      }
+    }
+    for (int64_t s = 0; s < (same ? 0 : hi); ++s) {
       v8 sees = {};
       bool any = false;
       for (int r = 0; r < rows; ++r) {
@@ -213,9 +233,10 @@ void attend(const float* q, const float* kn, const float* vn, const float* kc, c
         for (int g = 0; g < gr; ++g) {
           float* o = out + off[r0g + g];
           const float d = denom[r0g + g];
-          for (int c = 0; c < chunks; ++c)
-            for (int64_t i = 0, e = std::min<int64_t>(16, w - 16 * c); i < e; ++i)
-              o[i0 + 16 * c + i] = d > 0.f ? acc[g][c][i] / d : 0.f;  // sees nothing: zeros
+          for (int c = 0; c < chunks; ++c) {  // a vector division: each lane the scalar IEEE quotient
+            const v16 val = d > 0.f ? acc[g][c] / d : v16{};  // sees nothing: zeros
+            std::memcpy(o + i0 + 16 * c, &val, sizeof(float) * size_t(std::min<int64_t>(16, w - 16 * c)));
+          }
         }
       }
     }
