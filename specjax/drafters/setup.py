@@ -15,10 +15,12 @@ from specjax.drafters import DrafterError, KINDS, acceptance, feature, lookup, r
 AUTO_SSM_EXPANSION = (3, 1, 1, 1)  # the SSMs' expansion under --tree auto (the budget prunes it)
 RECYCLE_EXPANSION = (3, 1, 1, 1)  # the issue's simulation: 1.50 MAT alone on Spec-Bench
 # The feature SSM's tree (the budget prunes it): EAGLE-2's dynamic tree, the 4 most probable nodes of
-# each level get 4 children each (52 nodes, 4 rows a drafter forward). Feature + lookup at budget 8 on
+# each level get 4 children each (36 nodes, 4 rows a drafter forward). Feature + lookup at budget 8 on
 # the 16 held-out prompts: MAT 2.683 vs 2.580 with the static <3,1,1,1>; deeper or wider trees gave no
-# more at budgets 4 and 8 (docs/benchmarks.md, 2026-12-07 evening).
-FEATURE_EXPANSION = (4, 4, 4, 4)
+# more at budgets 4 and 8 (docs/benchmarks.md, 2026-12-07 evening). Depth 3, not 4: the same MAT at
+# budget 8 (2.543 vs 2.551 on 8 held-out prompts) for one drafter forward and head less, a step 2.1%
+# cheaper, 1.8% more tokens/s (docs/experiments/tree-depth/depth_ab.py, 2026-12-07 night).
+FEATURE_EXPANSION = (4, 4, 4)
 FEATURE_FRONTIER = 4  # nodes of a level that get children (feature.Config.frontier); None: all
 FEATURE_CONFIDENCE = True  # greedy: the budget ranks its nodes by its own path probability (feature.Config)
 LOOKUP_LENGTH = 8  # a copy once right goes on: 8 nodes, the budget keeps what its match length earns
