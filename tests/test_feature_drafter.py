@@ -194,17 +194,19 @@ def test_dynamic_tree_is_the_full_trees_best_first_subtree(llm, distilled_fs):
 # ----------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("which,names,budget,frontier", [("random", ("feature",), None, None),
-                                                         ("distilled", ("feature",), None, None),
-                                                         ("distilled", ("feature", "recycle", "lookup"), 6, None),
-                                                         ("random", ("feature",), None, 2),
-                                                         ("distilled", ("feature", "lookup"), 6, 2)])
+@pytest.mark.parametrize("which,names,budget,frontier,window", [("random", ("feature",), None, None, None),
+                                                                ("distilled", ("feature",), None, None, None),
+                                                                ("distilled", ("feature", "recycle", "lookup"), 6, None, None),
+                                                                ("random", ("feature",), None, 2, None),
+                                                                ("distilled", ("feature", "lookup"), 6, 2, None),
+                                                                ("distilled", ("feature",), None, 2, 8)])
 def test_greedy_speculative_equals_incremental(llm, incremental, random_fs, distilled_fs, which, names, budget,
-                                               frontier):
-    """frontier 2: the dynamic tree (<2, 2, 2, 2>, the two most probable nodes of a level expanded)."""
+                                               frontier, window):
+    """frontier 2: the dynamic tree (<2, 2, 2, 2>, the two most probable nodes of a level expanded);
+    window 8: the drafter attends to its last 8 positions (prompts and outputs reach 36)."""
     fs = random_fs if which == "random" else distilled_fs
     if frontier is not None:
-        names = (feature.Config(model=fs.cfg, expansion=(2, 2, 2, 2), frontier=frontier),) + names[1:]
+        names = (feature.Config(model=fs.cfg, expansion=(2, 2, 2, 2), frontier=frontier, window=window),) + names[1:]
     engine = Engine(llm, feature_ssm=fs, drafters=names, budget=budget)
     assert [d.name for d in engine.drafters] == [getattr(n, "name", n) for n in names]
     out = engine.generate_spec(PROMPTS, NEW)
@@ -219,6 +221,32 @@ def test_greedy_speculative_equals_incremental(llm, incremental, random_fs, dist
         assert longest >= (4 if budget is None else 3) and feature_tokens >= NEW
     else:
         assert feature_tokens > 0 and min(min(r.accepted_per_step) for r in out) == 1  # some accepted, some not
+
+
+def test_windowed_prefill_runs_only_the_window(llm, distilled_fs):
+    """With a window W the drafter's prefill runs only the last W positions of each prompt (a one-layer
+    drafter): its o_{P-1} and the cache entries any later query can see equal a prefill over every
+    position with the windowed mask; a prompt shorter than W runs whole. A bad window is refused."""
+    fs, W, Sd = distilled_fs, 4, 40
+    tokens = jnp.asarray([[(3 * i + b) % 60 + 1 for i in range(Sd)] for b in range(3)], jnp.int32)
+    length = jnp.asarray([12, 3, 9], jnp.int32)
+    feats, _ = llm_features(llm, tokens[:, :16])
+    params = feature.engine_params(fs, llm.params)
+    cache, o = feature.prefill(params, model.init_cache(fs.cfg.layer, 3, Sd), feats, tokens, length, cfg=fs.cfg,
+                               all_taps=TAPS, window=W)
+    t = jnp.broadcast_to(jnp.arange(16), (3, 16))  # the reference: every position, the windowed mask
+    nxt = jnp.take_along_axis(tokens, t + 1, axis=1)
+    g = fm.fuse(params["ssm"], feature.select_taps(feats, TAPS, fs.cfg.taps, fs.cfg.llm_hidden))
+    ref_o, ref_cache = fm.step(params["ssm"], fs.cfg, g, feature.embed(params["embed"], nxt), t,
+                               model.init_cache(fs.cfg.layer, 3, Sd), jnp.where(t < length[:, None], t, Sd),
+                               feature.windowed(causal_mask(t, Sd), t, W))
+    np.testing.assert_allclose(np.asarray(o), np.asarray(ref_o)[np.arange(3), np.asarray(length) - 1], atol=1e-5)
+    for b, P in enumerate(np.asarray(length)):
+        seen = slice(max(P - W, 0), P)
+        for got, want in ((cache.k[0], ref_cache.k[0]), (cache.v[0], ref_cache.v[0])):
+            np.testing.assert_allclose(np.asarray(got)[b, :, seen], np.asarray(want)[b, :, seen], atol=1e-5)
+    with pytest.raises(ValueError, match="window"):
+        feature.Config(model=fs.cfg, window=0)
 
 
 def test_continuous_batching_is_exact(llm, distilled_fs):

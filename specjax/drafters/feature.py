@@ -146,6 +146,14 @@ def frontier_mask(anc, root_slot, num_slots: int):
     return (r < 0)[:, None, :] | (in_run & seen)
 
 
+def windowed(mask, positions, window: int | None):
+    """mask [B, T, Sd] limited to the window: slot s (the drafter's cache holds position s at slot s) is
+    seen from position p only if s > p - window. None: unchanged."""
+    if window is None:
+        return mask
+    return mask & (jnp.arange(mask.shape[-1])[None, None, :] > positions[:, :, None] - window)
+
+
 # ----------------------------------------------------------------------------- the drafter interface
 
 
@@ -172,6 +180,7 @@ class Config:
     rates: tuple = ()
     confidence: bool = True  # deterministic nodes scored by the drafter's own path probability (EAGLE-2)
     frontier: int | None = None  # EAGLE-2's dynamic tree: only F nodes of a level get children
+    window: int | None = None  # positions a query attends to: its own and the window - 1 before (None: all)
     kind: str = "feature"
 
     def __post_init__(self):
@@ -179,6 +188,9 @@ class Config:
         if self.dynamic and not self.confidence:
             raise ValueError(f"feature tree {self.expansion} with frontier {self.frontier} picks its nodes by the "
                              "drafter's own path probability, which must then also score them: confidence=True")
+        if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
+                                        or self.window < 1):
+            raise ValueError(f"feature window must be an int >= 1 (positions attended to) or None, got {self.window!r}")
         if max(self.expansion) > self.model.draft_vocab:
             raise ValueError(f"feature expansion {self.expansion} asks for more children than the "
                              f"{self.model.draft_vocab} tokens of the draft vocabulary")
@@ -224,21 +236,29 @@ class State:
     start: jax.Array  # [B] int32: position of the first pending pair
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "all_taps"), donate_argnames=("cache",))
-def prefill(params, cache: model.KVCache, feats, tokens, length, cfg: fm.FeatureConfig, all_taps: tuple):
+@functools.partial(jax.jit, static_argnames=("cfg", "all_taps", "window"), donate_argnames=("cache",))
+def prefill(params, cache: model.KVCache, feats, tokens, length, cfg: fm.FeatureConfig, all_taps: tuple,
+            window: int | None = None):
     """The drafter's entries for every prefilled position i < P = length[b]: pairs (f_i, x_{i+1}).
 
     feats [B, T, F_all] (the LLM prefill's features at positions 0 .. T-1, T >= max P), tokens [B, S].
+    With a window W only the last R = layers x W positions run, [P - R, P): a query from P - 1 on sees
+    slots > its position - W, and a slot's K/V in layer l depend on the inputs of the (l - 1)(W - 1)
+    positions before it, so nothing before P - R is ever read (a long prompt costs R rows, not P).
     Returns (cache, o_{P-1} [B, D], zeros where P = 0)."""
     B, T, _ = feats.shape
     S, Sd = tokens.shape[1], cache.num_slots
-    t = jnp.broadcast_to(jnp.arange(T), (B, T))
+    R = T if window is None else min(T, window * cfg.layer.num_layers)
+    start = jnp.zeros((B,), jnp.int32) if R == T else jnp.maximum(length - R, 0)
+    t = start[:, None] + jnp.arange(R)[None, :]  # [B, R] positions run
     real = t < length[:, None]
+    if R < T:
+        feats = jnp.take_along_axis(feats, t[:, :, None], axis=1)
     nxt = jnp.take_along_axis(tokens, jnp.minimum(t + 1, S - 1), axis=1)
     g = fm.fuse(params["ssm"], select_taps(feats, all_taps, cfg.taps, cfg.llm_hidden))
     o, cache = fm.step(params["ssm"], cfg, g, embed(params["embed"], nxt), t, cache,
-                       jnp.where(real, t, Sd), causal_mask(t, Sd))
-    last = jnp.take_along_axis(o, jnp.maximum(length - 1, 0)[:, None, None], axis=1)[:, 0]
+                       jnp.where(real, t, Sd), windowed(causal_mask(t, Sd), t, window))
+    last = jnp.take_along_axis(o, jnp.clip(length - 1 - start, 0, R - 1)[:, None, None], axis=1)[:, 0]
     return cache, jnp.where((length > 0)[:, None], last, 0.0).astype(jnp.float32)
 
 
@@ -253,7 +273,7 @@ def init_state(ctx, cfg: Config) -> State:
     Sd = S + num_run(cfg.expansion, cfg.frontier)
     cache = sharding.new_cache(cfg.model.layer, B, Sd, jnp.float32, ctx.mesh, sharding.SSM_SPLIT)
     cache, o = ctx.run("feature_prefill", prefill, (ctx.params, cache, ctx.features, base.tokens, base.length),
-                       dict(cfg=cfg.model, all_taps=tuple(ctx.feature_taps)))
+                       dict(cfg=cfg.model, all_taps=tuple(ctx.feature_taps), window=cfg.window))
     W = ctx.max_depth + 1
     F = cfg.model.feature_width
     return State(cache=cache, o=o, feats=jnp.zeros((B, W, F), ctx.features.dtype), next=jnp.zeros((B, W), jnp.int32),
@@ -271,7 +291,7 @@ def catch_up(params, cfg: Config, state: State, running):
     real = (d < state.count[:, None]) & running[:, None]
     g = fm.fuse(params["ssm"], state.feats)
     o, cache = fm.step(params["ssm"], fcfg, g, embed(params["embed"], state.next), pos, state.cache,
-                       jnp.where(real, pos, Sd), causal_mask(pos, Sd))
+                       jnp.where(real, pos, Sd), windowed(causal_mask(pos, Sd), pos, cfg.window))
     last = jnp.take_along_axis(o, jnp.maximum(state.count - 1, 0)[:, None, None], axis=1)[:, 0]
     return cache, jnp.where((real.any(-1))[:, None], last.astype(jnp.float32), state.o)
 
@@ -340,7 +360,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
         positions = jnp.broadcast_to(P[:, None] + (level - 1), run_child.shape)
         slots = jnp.where(running[:, None], P[:, None] + run_off + jnp.arange(f2)[None, :], Sd)
         out, cache = fm.step(params["ssm"], fcfg, g, embed(params["embed"], run_child), positions, cache, slots,
-                             frontier_mask(anc, P, Sd))
+                             windowed(frontier_mask(anc, P, Sd), positions, cfg.window))
         front = (start - 1 + sel).astype(jnp.int32)
         if logps:
             front_logp = jnp.take_along_axis(logps[-1], sel, axis=1)

@@ -22,6 +22,12 @@ RECYCLE_EXPANSION = (3, 1, 1, 1)  # the issue's simulation: 1.50 MAT alone on Sp
 # cheaper, 1.8% more tokens/s (docs/experiments/tree-depth/depth_ab.py, 2026-12-07 night).
 FEATURE_EXPANSION = (4, 4, 4)
 FEATURE_FRONTIER = 4  # nodes of a level that get children (feature.Config.frontier); None: all
+# The positions the feature SSM attends to (feature.Config.window): its training samples are 256
+# positions long (specjax.feature.train.TrainConfig.crop), so it never learnt to read further back.
+# On Spec-Bench's 6 longest prompts (1,343-1,598 tokens) MAT is the same with and without it (feature +
+# lookup budget 8: 2.122 vs 2.127, alone 1.567 vs 1.564), and a long prompt's drafter prefill runs 256
+# positions instead of all of them (docs/experiments/drafter-window/).
+FEATURE_WINDOW = 256
 FEATURE_CONFIDENCE = True  # greedy: the budget ranks its nodes by its own path probability (feature.Config)
 LOOKUP_LENGTH = 8  # a copy once right goes on: 8 nodes, the budget keeps what its match length earns
 LOOKUP_NGRAM = 8  # matched length = confidence: 22% (1 token) to 94% (8) first-token acceptance
@@ -56,7 +62,8 @@ def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple,
             if feature_cfg is None:
                 raise DrafterError("drafter 'feature' needs a feature SSM (--feature-ssm DIR)")
             out.append(feature.Config(model=feature_cfg, expansion=FEATURE_EXPANSION, frontier=FEATURE_FRONTIER,
-                                      rates=acceptance.rates("feature", "feature"), confidence=FEATURE_CONFIDENCE))
+                                      rates=acceptance.rates("feature", "feature"), confidence=FEATURE_CONFIDENCE,
+                                      window=FEATURE_WINDOW))
         elif item == "recycle":
             k = min(recycle.DEFAULT_K, llm_cfg.vocab_size)
             out.append(recycle.Config(vocab_size=llm_cfg.vocab_size, k=k,

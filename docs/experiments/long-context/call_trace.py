@@ -3,11 +3,15 @@
 incremental on Spec-Bench's N-th longest first turn, 128 new tokens, third of three calls.
 
     python docs/experiments/long-context/call_trace.py [N] [max_new_tokens]
+NOWINDOW=1: the feature SSM attends to every position (setup.FEATURE_WINDOW None).
 """
-import json, sys, time
+import json, os, sys, time
 import jax
 import numpy as np
 from specjax import api, chunked, sharding
+from specjax.drafters import setup
+if os.environ.get("NOWINDOW"):
+    setup.FEATURE_WINDOW = None
 
 rows = [json.loads(l) for l in open("/work/shared/data/eval/spec_bench_questions.jsonl")]
 idx = int(sys.argv[1]) if len(sys.argv) > 1 else 0
