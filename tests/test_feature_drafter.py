@@ -223,18 +223,25 @@ def test_greedy_speculative_equals_incremental(llm, incremental, random_fs, dist
         assert feature_tokens > 0 and min(min(r.accepted_per_step) for r in out) == 1  # some accepted, some not
 
 
-def test_windowed_prefill_runs_only_the_window(llm, distilled_fs):
-    """With a window W the drafter's prefill runs only the last W positions of each prompt (a one-layer
-    drafter): its o_{P-1} and the cache entries any later query can see equal a prefill over every
-    position with the windowed mask; a prompt shorter than W runs whole. A bad window is refused."""
-    fs, W, Sd = distilled_fs, 4, 40
+@pytest.mark.parametrize("layers", [1, 2])
+def test_windowed_prefill_runs_only_the_window(llm, distilled_fs, layers):
+    """With a window W the drafter's prefill runs only the last layers x W positions of each prompt: its
+    o_{P-1} and, in every layer, the cache entries any later query can see (slots > P - W) equal a
+    prefill over every position with the windowed mask; a prompt shorter than that runs whole. A bad
+    window is refused."""
+    if layers == 1:
+        fs = distilled_fs
+    else:
+        cfg = fm.make_config(CFG, TAPS, draft_vocab=DRAFT_VOCAB, num_layers=2)
+        fs = feature.FeatureSSM(fm.init_params(cfg, jax.random.PRNGKey(5), std=0.3), cfg, distilled_fs.d2t)
+    W, Sd, T = 3, 40, 16
     tokens = jnp.asarray([[(3 * i + b) % 60 + 1 for i in range(Sd)] for b in range(3)], jnp.int32)
-    length = jnp.asarray([12, 3, 9], jnp.int32)
-    feats, _ = llm_features(llm, tokens[:, :16])
+    length = jnp.asarray([12, 3 if layers == 1 else 5, 9], jnp.int32)  # 12 > layers x W: the window bites
+    feats, _ = llm_features(llm, tokens[:, :T])
     params = feature.engine_params(fs, llm.params)
     cache, o = feature.prefill(params, model.init_cache(fs.cfg.layer, 3, Sd), feats, tokens, length, cfg=fs.cfg,
                                all_taps=TAPS, window=W)
-    t = jnp.broadcast_to(jnp.arange(16), (3, 16))  # the reference: every position, the windowed mask
+    t = jnp.broadcast_to(jnp.arange(T), (3, T))  # the reference: every position, the windowed mask
     nxt = jnp.take_along_axis(tokens, t + 1, axis=1)
     g = fm.fuse(params["ssm"], feature.select_taps(feats, TAPS, fs.cfg.taps, fs.cfg.llm_hidden))
     ref_o, ref_cache = fm.step(params["ssm"], fs.cfg, g, feature.embed(params["embed"], nxt), t,
@@ -242,11 +249,13 @@ def test_windowed_prefill_runs_only_the_window(llm, distilled_fs):
                                feature.windowed(causal_mask(t, Sd), t, W))
     np.testing.assert_allclose(np.asarray(o), np.asarray(ref_o)[np.arange(3), np.asarray(length) - 1], atol=1e-5)
     for b, P in enumerate(np.asarray(length)):
-        seen = slice(max(P - W, 0), P)
-        for got, want in ((cache.k[0], ref_cache.k[0]), (cache.v[0], ref_cache.v[0])):
-            np.testing.assert_allclose(np.asarray(got)[b, :, seen], np.asarray(want)[b, :, seen], atol=1e-5)
-    with pytest.raises(ValueError, match="window"):
-        feature.Config(model=fs.cfg, window=0)
+        seen = slice(max(P - W + 1, 0), P)
+        for l in range(layers):
+            for got, want in ((cache.k[l], ref_cache.k[l]), (cache.v[l], ref_cache.v[l])):
+                np.testing.assert_allclose(np.asarray(got)[b, :, seen], np.asarray(want)[b, :, seen], atol=1e-5)
+    for bad in (0, 3, 2.5):  # 3: not above the depth of a 3-level tree
+        with pytest.raises(ValueError, match="window"):
+            feature.Config(model=fs.cfg, expansion=(1, 1, 1), window=bad)
 
 
 def test_continuous_batching_is_exact(llm, distilled_fs):

@@ -147,30 +147,40 @@ def _chi2_pvalue(draws: np.ndarray, w: np.ndarray) -> float:
 
 def test_inverse_cdf_draw_follows_weights_across_blocks():
     """sampling.draw over 3 blocks of DRAW_BLOCK and a ragged end: unnormalised weights with zeros
-    (never drawn) and a block with no weight; several draws per distribution; a draw that took the
-    next block's first token after every block boundary (an off-by-one in the block search) fails."""
+    (never drawn), a block with no weight; several draws per distribution. A block holding 4e-6 of the
+    mass is split 1 : 3 between its tokens by the second uniform (one uniform over the vocabulary
+    would resolve it only to ~1.2e-7 of the total). The chi-square fails a draw that took the next block's first token
+    after every block boundary (an off-by-one in the block search)."""
     rng = np.random.default_rng(3)
-    V = 2 * sampling.DRAW_BLOCK + 40
+    B = sampling.DRAW_BLOCK
+    V = 2 * B + 40
     w = rng.random((2, V)).astype(np.float32) * 5
     w[:, ::5] = 0
-    w[1, sampling.DRAW_BLOCK: 2 * sampling.DRAW_BLOCK] = 0
+    w[1, B: 2 * B] = 0
     n = 60_000
-    u = jax.random.uniform(jax.random.key(0), (2, n))
+    u = jax.random.uniform(jax.random.key(0), (2, n, 2))
     x = np.asarray(jax.jit(sampling.draw)(u, jnp.asarray(w)))
     assert x.shape == (2, n) and x.dtype == np.int32
     for r in range(2):
         assert np.all(w[r][x[r]] > 0)
         assert _chi2_pvalue(x[r], w[r]) > 1e-3
     # The same uniforms mapped as a block search that overshoots by one token at each boundary would:
-    bad = np.where(x[0] % sampling.DRAW_BLOCK == sampling.DRAW_BLOCK - 1, np.minimum(x[0] + 1, V - 1), x[0])
+    bad = np.where(x[0] % B == B - 1, np.minimum(x[0] + 1, V - 1), x[0])
     bad = np.where(w[0][bad] > 0, bad, x[0])
     assert _chi2_pvalue(bad, w[0]) < 1e-3
+    tiny = np.zeros(2 * B, np.float32)
+    tiny[0], tiny[1], tiny[B] = 1e-6, 3e-6, 1.0 - 4e-6
+    u = jnp.stack([jnp.asarray([0.0, 0.0, 1e-7, 3.9e-6]), jnp.asarray([0.1, 0.5, 0.9, 0.99])], -1)
+    np.testing.assert_array_equal(np.asarray(sampling.draw(u, jnp.asarray(tiny))), [0, 1, 1, 1])
 
 
 def test_inverse_cdf_draw_edges():
+    """Uniforms of 0 and 1 (the rounding guards: never a zero-weight token, never past the end)."""
     w = jnp.asarray([[0.0, 0.0, 2.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
-    u = jnp.asarray([[0.0, 0.99999994], [0.0, 0.99999994]])
+    u = jnp.asarray([[[0.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]]])
     np.testing.assert_array_equal(np.asarray(sampling.draw(u, w)), [[2, 2], [0, 1]])
+    ragged = jnp.zeros((sampling.DRAW_BLOCK + 3,)).at[sampling.DRAW_BLOCK].set(1.0)  # only the ragged block weighs
+    assert int(sampling.draw(jnp.asarray([[1.0, 1.0]]), ragged)[0]) == sampling.DRAW_BLOCK
     keys = jax.random.split(jax.random.key(0), 3)
     one = sampling.draw_rows(jax.random.key_data(keys), jnp.ones((3, 7, 300)))
     many = sampling.draw_rows(jax.random.key_data(keys), jnp.ones((3, 7, 300)), 4)

@@ -173,8 +173,10 @@ def build_systems(llm: LoadedModel, ssms: Sequence[LoadedModel], tree: TreeConfi
         if feature_ssm is not None:
             from specjax.drafters import acceptance, feature
 
+            from specjax.drafters.setup import FEATURE_WINDOW
+
             fcfg = feature.Config(model=feature_ssm.cfg, expansion=FEATURE_CHAIN,
-                                  rates=acceptance.rates("feature", "feature"))
+                                  rates=acceptance.rates("feature", "feature"), window=FEATURE_WINDOW)
             systems["spec-feature"] = SpecjaxSystem("spec-feature", Engine(llm, drafters=(fcfg,), feature_ssm=feature_ssm),
                                                     True, greedy, eos)
             kinds += ("feature",)

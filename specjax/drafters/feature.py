@@ -148,7 +148,9 @@ def frontier_mask(anc, root_slot, num_slots: int):
 
 def windowed(mask, positions, window: int | None):
     """mask [B, T, Sd] limited to the window: slot s (the drafter's cache holds position s at slot s) is
-    seen from position p only if s > p - window. None: unchanged."""
+    seen from position p only if s > p - window. None: unchanged. A tree node's run slot (P + r, past
+    the committed ones) always passes: its ancestors in the run are at most the tree's depth back, which
+    Config keeps below the window."""
     if window is None:
         return mask
     return mask & (jnp.arange(mask.shape[-1])[None, None, :] > positions[:, :, None] - window)
@@ -189,8 +191,9 @@ class Config:
             raise ValueError(f"feature tree {self.expansion} with frontier {self.frontier} picks its nodes by the "
                              "drafter's own path probability, which must then also score them: confidence=True")
         if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
-                                        or self.window < 1):
-            raise ValueError(f"feature window must be an int >= 1 (positions attended to) or None, got {self.window!r}")
+                                        or self.window <= len(self.expansion)):
+            raise ValueError(f"feature window must be an int above the tree's depth {len(self.expansion)} (positions "
+                             f"attended to) or None, got {self.window!r}")
         if max(self.expansion) > self.model.draft_vocab:
             raise ValueError(f"feature expansion {self.expansion} asks for more children than the "
                              f"{self.model.draft_vocab} tokens of the draft vocabulary")
