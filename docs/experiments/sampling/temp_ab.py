@@ -4,27 +4,21 @@ alternating per prompt, held-out prompts (chat_prompts / context_tasks lines 500
 
     python docs/experiments/sampling/temp_ab.py T [PROMPTS] [ROUNDS] [BUDGETS]
 """
-import json, sys
-from itertools import islice
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from heldout import held_out_ids  # noqa: E402
 from specjax import api
 from specjax.sampling import SamplingConfig
 
 T = float(sys.argv[1]); count = int(sys.argv[2]) if len(sys.argv) > 2 else 6
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
 budgets = [int(b) for b in (sys.argv[4] if len(sys.argv) > 4 else "4,8").split(",")]
-rows = []
-for name in ("chat_prompts.jsonl", "context_tasks.jsonl"):
-    with open(f"/work/shared/data/boost_prompts/{name}") as f:
-        rows.append([json.loads(l) for l in islice(f, 5000, 5000 + count)])
-rows = [r for pair in zip(*rows) for r in pair][:count]
 gens = {"inc": api.Generator.load(mode="incremental")}
 for b in budgets:
     gens[f"b{b}"] = api.Generator.load(drafters="feature,lookup", budget=b)
 tok = gens["inc"].llm.tokenizer
-def text(r):
-    if "messages" in r: return r["messages"][0]["content"]
-    return r.get("prompt") or r.get("instruction") or r.get("question") or json.dumps(r)
-ps = [tok.encode(text(r)[:3000], chat=True) for r in rows]
+ps = held_out_ids(tok, count)
 kw = dict(batch_size=1, batching="static", sampling=SamplingConfig(temperature=T), seed=0)
 for g in gens.values():
     g.engine.fallback = None

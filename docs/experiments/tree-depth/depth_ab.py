@@ -4,25 +4,21 @@ prompts (chat_prompts / context_tasks lines 5000+), 128 tokens, B = 1, greedy, t
 
     python docs/experiments/tree-depth/depth_ab.py BUDGET [PROMPTS] [ROUNDS]
 """
-import json, sys
-from itertools import islice
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from heldout import held_out_ids  # noqa: E402
 from specjax import api
 from specjax.drafters import setup
 
 budget = int(sys.argv[1]); count = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-rows = []
-for name in ("chat_prompts.jsonl", "context_tasks.jsonl"):
-    with open(f"/work/shared/data/boost_prompts/{name}") as f:
-        rows.append([json.loads(l) for l in islice(f, 5000, 5000 + count)])
-rows = [r for pair in zip(*rows) for r in pair][:count]
 gens = {"inc": api.Generator.load(mode="incremental")}
 for exp in ((4, 4, 4, 4), (4, 4, 4)):
     setup.FEATURE_EXPANSION = exp
     gens["d%d" % len(exp)] = api.Generator.load(drafters="feature,lookup", budget=budget)
 tok = gens["inc"].llm.tokenizer
-text = lambda r: r["messages"][0]["content"] if "messages" in r else r.get("prompt") or r.get("instruction") or json.dumps(r)
-ps = [tok.encode(text(r)[:3000], chat=True) for r in rows]
+ps = held_out_ids(tok, count)
 kw = dict(batch_size=1, batching="static")
 for g in gens.values():
     g.engine.fallback = None
