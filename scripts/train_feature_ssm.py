@@ -2,6 +2,7 @@
 
     python scripts/train_feature_ssm.py data --out runs/feature --prompts 3000     # resumable, logs tokens/s
     python scripts/train_feature_ssm.py train --out runs/feature --steps 3000      # resumable
+        [--heldout runs/feature_heldout/data]     # logs held-out agreement every --eval-every steps
     python scripts/train_feature_ssm.py data --out runs/feature_heldout --prompts 128 --held-out
     python scripts/train_feature_ssm.py eval --out runs/feature --data runs/feature_heldout/data
     python scripts/train_feature_ssm.py ship --out runs/feature                    # -> specjax/default_ssms/feature
@@ -105,6 +106,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.heldout and (args.eval_every < 1 or args.eval_every % args.checkpoint_every):
+        print(f"error: --eval-every {args.eval_every} must be a positive multiple of --checkpoint-every "
+              f"{args.checkpoint_every} (held-out agreement is measured at checkpoints)", file=sys.stderr)
+        return 2
     import jax
     import numpy as np
 
@@ -148,7 +153,14 @@ def cmd_train(args) -> int:
                               seed=args.seed, checkpoint_every=args.checkpoint_every,
                               **({} if args.feature_weight is None else {"feature_weight": args.feature_weight}))
     log(f"{len(data)} samples; {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M parameters; {tcfg}")
-    export = lambda p, step: fm.save(out / "feature_ssm", p, cfg, d2t)
+    held = fdata.load(args.heldout, llm.cfg, TAPS) if args.heldout else None
+
+    def export(p, step):
+        fm.save(out / "feature_ssm", p, cfg, d2t)
+        if held is not None and step % args.eval_every == 0:  # the held-out curve: is more training still paying?
+            m = ftrain.evaluate(p, cfg, embed, held, d2t, ftrain.TrainConfig(passes=args.passes))
+            log(f"step {step} held-out top-1 " + " / ".join(f"{m[f'agree{s}']:.4f}" for s in range(1, args.passes + 1))
+                + " top-3 " + " / ".join(f"{m[f'top3_{s}']:.4f}" for s in range(1, args.passes + 1)))
     ftrain.train(params, cfg, embed, data, d2t, tcfg, state_dir=out / "train", resume=True, log=log,
                  reload=load if args.follow_data else None, on_checkpoint=export)
     log(f"done: {out / 'feature_ssm'}")
@@ -217,6 +229,10 @@ def main(argv=None) -> int:
     t.add_argument("--init", default=None,
                    help="warm start from this feature SSM checkpoint (its architecture and draft vocabulary; "
                         "--layers/--intermediate/--draft-vocab are then not used)")
+    t.add_argument("--heldout", default=None,
+                   help="a feature data directory never trained on (data --held-out): its agreement is logged "
+                        "every --eval-every steps, at a checkpoint")
+    t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--follow-data", action="store_true",
                    help="re-read the data directory at every checkpoint (while `data` still runs)")
     e = sub.add_parser("eval")
