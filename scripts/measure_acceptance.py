@@ -14,6 +14,10 @@ rest): greedy MAT of every subset of two or more of --merged-drafters (default f
 at every budget of the automatic choice up to the subset's node count, on the same prompts. Drafters
 that merge propose the same easy tokens, so a mix accepts less than the sum of its members' node
 acceptances: the automatic choice uses these measured MATs where it has them (specjax.autotune).
+
+With --temperature T > 0 both measure under sampling at T instead (seeded per batch) and --write puts
+the node acceptances, MATs and merged MATs in the file's "sampled" section (the greedy tables and the
+rates stay): what the automatic choice reads for sampled decoding (acceptance.section).
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="write specjax/drafters/acceptance.json")
     ap.add_argument("--feature-ssm", default=str(default_model.DEFAULT_SSMS_DIR / "feature"),
                     help="the feature SSM measured as drafter 'feature' (default: the shipped one; skipped if absent)")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="> 0: measure sampled decoding at this temperature (the file's 'sampled' section)")
     ap.add_argument("--merged", action="store_true", help="measure merged mixes (see above) instead of each drafter alone")
     ap.add_argument("--merged-drafters", default="feature,recycle,lookup")
     ap.add_argument("--mixes", default=None,
@@ -99,7 +105,7 @@ def main(argv=None) -> int:
         if missing:
             raise SystemExit(f"--only: no drafter {missing} here (have {sorted(runs)})")
         runs = {n: e for n, e in runs.items() if n in only}
-        if args.write and acceptance.SHIPPED.is_file():  # the others as shipped; the prompts must be the same ones
+        if args.write and acceptance.SHIPPED.is_file() and args.temperature <= 0:  # the others as shipped; the prompts must be the same ones
             old = json.loads(acceptance.SHIPPED.read_text())
             if (old.get("prompts"), old.get("max_new_tokens")) != (out["prompts"], out["max_new_tokens"]):
                 raise SystemExit(f"--only: the shipped file was measured on {old.get('prompts')} with "
@@ -111,8 +117,8 @@ def main(argv=None) -> int:
         steps = tokens = 0
         results = []
         for i in range(0, len(prompts), args.batch_size):
-            res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens, SamplingConfig(),
-                                       eos_ids=eos)
+            res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens,
+                                       SamplingConfig(temperature=args.temperature), seed=i, eos_ids=eos)
             results += res
             hits += np.asarray(engine.last_hits).sum(0)
             steps += sum(r.llm_steps for r in res)
@@ -120,7 +126,9 @@ def main(argv=None) -> int:
         node = hits[1:] / max(steps, 1)
         out["node_acceptance"][name] = [round(float(x), 4) for x in node]
         out["shapes"][name] = [int(x) for x in d.topology.parents]
-        if getattr(d, "dynamic", False):
+        if args.temperature > 0:
+            pass  # the rates (path scores' calibration) stay greedy
+        elif getattr(d, "dynamic", False):
             # a dynamic tree: its nodes' parents vary per step, so per-rank rates over the static
             # shape mean nothing; its nodes are top-k, scored by the drafter's own probability (a
             # dynamic tree requires confidence), never by rates. The file's rates (if any) stay, for the
@@ -135,6 +143,12 @@ def main(argv=None) -> int:
                                                       [len(r.prompt_ids) - 1 for r in results], d)
         out["mat"][name] = round(tokens / max(steps, 1), 3)
         print(name, "MAT", out["mat"][name], "node acceptance", out["node_acceptance"][name], flush=True)
+    if args.temperature > 0:  # only the sampled section changes
+        old = json.loads(acceptance.SHIPPED.read_text()) if acceptance.SHIPPED.is_file() else {}
+        sec = sampled_section(args, old, out["prompts"])
+        sec["node_acceptance"] = {**sec.get("node_acceptance", {}), **out["node_acceptance"]}
+        sec["mat"] = {**sec.get("mat", {}), **out["mat"]}
+        out = dict(old, sampled=sec)
     text = json.dumps(out, indent=1)
     if args.write:
         acceptance.SHIPPED.write_text(text + "\n")
@@ -142,6 +156,19 @@ def main(argv=None) -> int:
     else:
         print(text)
     return 0
+
+
+def sampled_section(args, shipped: dict, prompts: str) -> dict:
+    """The file's sampled section to add to: the shipped one when measured the same way (temperature,
+    prompts, tokens), else a new one (then --only / --mixes, which keep the rest, are refused)."""
+    key = {"temperature": args.temperature, "prompts": prompts, "max_new_tokens": args.max_new_tokens}
+    sec = shipped.get(acceptance.SAMPLED) or {}
+    if all(sec.get(k) == v for k, v in key.items()):
+        return dict(sec)
+    if sec and (args.only or args.mixes):
+        raise SystemExit(f"--only / --mixes: the shipped sampled statistics were measured at "
+                         f"{ {k: sec.get(k) for k in key} }, these at {key}: measure them all again")
+    return dict(key)
 
 
 def measure_merged(args, llm, ssms, tree, prompts, eos) -> int:
@@ -177,20 +204,24 @@ def measure_merged(args, llm, ssms, tree, prompts, eos) -> int:
             engine = Engine(llm, ssms, tree, drafters=subset, budget=n, feature_ssm=fs)
             steps = tokens = 0
             for i in range(0, len(prompts), args.batch_size):
-                res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens, SamplingConfig(),
-                                           eos_ids=eos)
+                res = engine.generate_spec(prompts[i: i + args.batch_size], args.max_new_tokens,
+                                           SamplingConfig(temperature=args.temperature), seed=i, eos_ids=eos)
                 steps += sum(r.llm_steps for r in res)
                 tokens += sum(len(r.token_ids) for r in res)
             merged[key][str(n)] = round(tokens / max(steps, 1), 3)
             print(key, "budget", n, "MAT", merged[key][str(n)], flush=True)
-    out = json.loads(acceptance.SHIPPED.read_text()) if acceptance.SHIPPED.is_file() else {}
-    where = (f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved, "
-             f"greedy, {args.max_new_tokens} new tokens")
+    shipped = json.loads(acceptance.SHIPPED.read_text()) if acceptance.SHIPPED.is_file() else {}
+    files = f"{[Path(p).name for p in args.prompts]} from {args.skip}, {len(prompts)} interleaved"
+    out = sampled_section(args, shipped, files) if args.temperature > 0 else shipped
+    where = (f"{files}, {f'T = {args.temperature:g}' if args.temperature > 0 else 'greedy'}, "
+             f"{args.max_new_tokens} new tokens")
     if args.mixes and out.get("merged") and out.get("merged_prompts") != where:
         raise SystemExit(f"--mixes: the shipped mixes were measured on {out.get('merged_prompts')}, these on {where}: "
                          f"use the same --count/--skip/--max-new-tokens")
     out["merged"] = {**out.get("merged", {}), **merged} if args.mixes else merged
     out["merged_prompts"] = where
+    if args.temperature > 0:
+        out = dict(shipped, sampled=out)
     if args.write:
         acceptance.SHIPPED.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {acceptance.SHIPPED}")

@@ -87,7 +87,7 @@ class Generator:
              node_budget: int = 64, max_len: int | None = None, mode: str | None = None,
              mesh=None, drafters: str | Sequence[str] | None = None, budget: int | None = None,
              recycle_table: str | None = None, log=None, weight_dtype: str | None = None,
-             feature_ssm: str | None = None) -> "Generator":
+             feature_ssm: str | None = None, temperature: float = 0.0) -> "Generator":
         """mesh: "dp=2,tp=4" (see specjax.sharding.parse_mesh) or a jax.sharding.Mesh; None: one device.
 
         tree: an expansion 'k1,...,km' for the SSMs, or None / 'auto': the SSMs' shipped (or the
@@ -99,7 +99,9 @@ class Generator:
         weight_dtype: "bfloat16" stores the weights in bf16 for the CPU kernel (see Engine).
         feature_ssm: a feature SSM checkpoint directory (specjax.feature.model) for drafter 'feature';
         None: with the embedded LLM, the shipped one (specjax/default_ssms/feature/) if installed. One
-        made for another LLM is refused (FeatureSSMError) before any generation."""
+        made for another LLM is refused (FeatureSSMError) before any generation.
+        temperature: the sampling the automatic choice is made for (> 0: from the acceptance measured
+        under sampling, which is far lower than greedy's); generation may still use any sampling."""
         from specjax import drafters as drafters_lib
         from specjax import sharding
 
@@ -173,7 +175,7 @@ class Generator:
             probe = Engine(llm_model, ssms=ssm_models, tree=tree_cfg, max_len=max_len, drafters=names,
                            feature_ssm=fs_model)
             costs, _ = autotune.load_or_measure(probe, log=log)
-            choice = autotune.choose(costs, probe.drafters, allow_incremental=mode != "spec")
+            choice = autotune.choose(costs, probe.drafters, allow_incremental=mode != "spec", sampled=temperature > 0)
             if not choice.drafters:
                 mode, names = "incremental", ()
             else:

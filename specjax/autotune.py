@@ -303,12 +303,13 @@ def measure(engine, log=None) -> dict:
 # ----------------------------------------------------------------------------- the choice
 
 
-def node_acceptance(d) -> np.ndarray:
-    """P(local node j is accepted) per step, from the shipped statistics or the drafter's rates."""
+def node_acceptance(d, sampled: bool = False) -> np.ndarray:
+    """P(local node j is accepted) per step, from the shipped statistics (greedy or sampled) or the
+    drafter's rates."""
     from specjax.drafters import acceptance
     from specjax.drafters.base import path_scores
 
-    shipped = acceptance.node_acceptance(d.name, d.topology.num_nodes)
+    shipped = acceptance.node_acceptance(d.name, d.topology.num_nodes, sampled)
     if shipped is not None:
         return shipped
     return path_scores(d.topology, acceptance.rate_fn(d.rates or acceptance.PRIORS[d.kind]))
@@ -323,7 +324,8 @@ def _interp(table: dict[int, float], n: int) -> float:
     return ys[-1] + slope * (n - xs[-1])
 
 
-def expected_tokens(subset: tuple, n: int, pool: np.ndarray, overlap: float) -> tuple[float, str]:
+def expected_tokens(subset: tuple, n: int, pool: np.ndarray, overlap: float,
+                    sampled: bool = False) -> tuple[float, str]:
     """Expected tokens per step of drafters `subset` merged at budget n, and where it comes from: a
     single drafter's n best node acceptances summed (its nodes are distinct sequences); a mix's
     measured MAT where shipped at that budget; else the members' summed node acceptances times the
@@ -333,15 +335,16 @@ def expected_tokens(subset: tuple, n: int, pool: np.ndarray, overlap: float) -> 
     s = float(pool[:n].sum())
     if len(subset) == 1:
         return 1.0 + s, "measured alone"
-    measured = acceptance.merged_mat(tuple(d.name for d in subset))
+    measured = acceptance.merged_mat(tuple(d.name for d in subset), sampled)
     if measured is not None and n in measured:
         return measured[n], "measured mix"
     return 1.0 + overlap * s, f"estimated: summed x{overlap:.2f} overlap"
 
 
-def candidates(costs: dict, drafters: tuple, budgets=BUDGETS) -> list[tuple]:
+def candidates(costs: dict, drafters: tuple, budgets=BUDGETS, sampled: bool = False) -> list[tuple]:
     """Every (est. speedup, drafter names, budget, expected tokens, step seconds, source) the choice
-    weighs: each non-empty subset of `drafters` (in the given order) at each budget its nodes fill.
+    weighs: each non-empty subset of `drafters` (in the given order) at each budget its nodes fill;
+    sampled: from the acceptance measured under sampling (acceptance.section).
 
     A step's cost is an incremental step (costs["incremental"], the real loop's; verify(1) when not
     measured) + what verifying N + 1 tokens costs beyond one (verify(N + 1) - verify(1), measured side
@@ -351,8 +354,8 @@ def candidates(costs: dict, drafters: tuple, budgets=BUDGETS) -> list[tuple]:
 
     inc = float(costs.get("incremental", costs["verify"][1]))
     loop = inc - costs["verify"][1]  # verify(N + 1) + loop = inc + (verify(N + 1) - verify(1))
-    acc = {d.name: node_acceptance(d) for d in drafters}
-    overlap = acceptance.overlap_factor()
+    acc = {d.name: node_acceptance(d, sampled) for d in drafters}
+    overlap = acceptance.overlap_factor(sampled)
     out = []
     for r in range(1, len(drafters) + 1):
         for subset in itertools.combinations(drafters, r):
@@ -361,7 +364,7 @@ def candidates(costs: dict, drafters: tuple, budgets=BUDGETS) -> list[tuple]:
             for n in budgets:
                 if n > len(pool):
                     continue
-                e, source = expected_tokens(subset, n, pool, overlap)
+                e, source = expected_tokens(subset, n, pool, overlap, sampled)
                 t = draft_s + _interp(costs["verify"], n + 1) + loop
                 out.append((e / t * inc, tuple(d.name for d in subset), n, e, t, source))
     return out
@@ -385,11 +388,15 @@ def speedup_at_rows(costs: dict, choice: Choice, rows: int) -> float:
     return choice.expected_tokens * inc / spec
 
 
-def choose(costs: dict, drafters: tuple, budgets=BUDGETS, allow_incremental: bool = True) -> Choice:
+def choose(costs: dict, drafters: tuple, budgets=BUDGETS, allow_incremental: bool = True,
+           sampled: bool = False) -> Choice:
     """The best mix of drafters and budget (`candidates`), or incremental (unless allow_incremental
-    is False: --mode spec then gets the best tree even if it is slower)."""
+    is False: --mode spec then gets the best tree even if it is slower). sampled: for sampled decoding
+    (temperature > 0), from the acceptance measured under sampling where shipped."""
+    from specjax.drafters import acceptance
+
     inc = float(costs.get("incremental", costs["verify"][1]))
-    cands = candidates(costs, drafters, budgets)
+    cands = candidates(costs, drafters, budgets, sampled)
     top = max(cands, key=lambda c: c[0], default=None)
     if top is not None:
         # The smallest budget within MARGIN of the best: a bigger tree costs more in the loop than the
@@ -402,6 +409,11 @@ def choose(costs: dict, drafters: tuple, budgets=BUDGETS, allow_incremental: boo
                       f"incremental: verifying 2 tokens costs {costs['verify'][2] / costs['verify'][1]:.2f}x one on "
                       f"this machine, the best tree would reach {s:.2f}x")
     speedup, names, n, e, t, source = top
+    t_sampled = acceptance.sampled_temperature() if sampled else None
+    if t_sampled is not None:
+        source += f", sampled at T = {t_sampled:g}"
+    elif sampled:
+        source += ", greedy: no sampled statistics shipped"
     return Choice(names, n, e, speedup,
                   f"{'+'.join(names)} budget {n}: {e:.2f} expected tokens per step ({source}) at "
                   f"{t / inc:.2f}x an incremental step's cost (verify {n + 1} = "

@@ -139,7 +139,7 @@ def cmd_generate(args) -> int:
                                  budget=args.budget, recycle_table=args.recycle_table,
                                  log=lambda m: print(m, file=sys.stderr),
                                  weight_dtype=None if args.weight_dtype == "float32" else args.weight_dtype,
-                                 feature_ssm=args.feature_ssm)
+                                 feature_ssm=args.feature_ssm, temperature=args.temperature)
         print(f"loaded {gen.describe()} in {time.perf_counter() - t_load:.1f}s", file=sys.stderr)
         if gen.choice is not None:
             print(f"auto: {gen.choice.reason}", file=sys.stderr)

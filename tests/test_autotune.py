@@ -80,9 +80,10 @@ def test_merged_drafters_use_measured_mix_or_overlap_discount(monkeypatch):
     from specjax.drafters import acceptance
 
     acc = {"recycle": np.array([0.5, 0.3, 0.2]), "lookup": np.array([0.5, 0.4])}
-    monkeypatch.setattr(autotune, "node_acceptance", lambda d: acc[d.name])
-    monkeypatch.setattr(acceptance, "merged_mat", lambda names: {2: 1.6} if names == ("recycle", "lookup") else None)
-    monkeypatch.setattr(acceptance, "overlap_factor", lambda: 0.5)
+    monkeypatch.setattr(autotune, "node_acceptance", lambda d, sampled=False: acc[d.name])
+    monkeypatch.setattr(acceptance, "merged_mat",
+                        lambda names, sampled=False: {2: 1.6} if names == ("recycle", "lookup") else None)
+    monkeypatch.setattr(acceptance, "overlap_factor", lambda sampled=False: 0.5)
     pool = np.sort(np.concatenate(list(acc.values())))[::-1]
     both = DRAFTERS
     assert autotune.expected_tokens(both[:1], 2, acc["recycle"], 0.5) == (1.8, "measured alone")
@@ -111,6 +112,40 @@ def test_overlap_factor_from_the_shipped_mixes():
         # Any order of the same drafters is the same mix (specjax bench lists them in another order).
         assert acceptance.merged_mat(tuple(reversed(mix.split("+")))) == acceptance.merged_mat(tuple(mix.split("+")))
     assert acceptance.merged_mat(("feature", "ssm0")) is None
+
+
+def test_sampled_decoding_is_chosen_for_from_sampled_acceptance(monkeypatch):
+    """Under sampling the drafters' nodes are accepted far less often: the choice for temperature > 0
+    reads the file's sampled section (node acceptances and mixes measured at one temperature), and
+    says so; a file without one gives the greedy figures and says that instead."""
+    from specjax.drafters import acceptance
+
+    greedy = {"node_acceptance": {"recycle": [0.6, 0.3, 0.2, 0.1], "lookup": [0.5, 0.4]},
+              "merged": {"recycle+lookup": {"2": 2.0, "4": 2.4}}}
+    sampled = {"temperature": 0.7, "node_acceptance": {"recycle": [0.1, 0.02, 0.01, 0.0], "lookup": [0.12, 0.05]},
+               "merged": {"recycle+lookup": {"2": 1.15, "4": 1.2}}}
+    drafters = (recycle.Config(vocab_size=64, expansion=(2, 1)), lookup.Config(length=2))
+    assert [d.topology.num_nodes for d in drafters] == [4, 2]
+    c = costs(per_node=0.1)  # a tree token costs 10% of a step
+
+    def reset():
+        acceptance.overlap_factor.cache_clear()
+    for shipped in (dict(greedy, sampled=sampled), greedy):
+        monkeypatch.setattr(acceptance, "_shipped", lambda s=shipped: s)
+        reset()
+        g = autotune.choose(c, drafters)
+        assert g.drafters and g.expected_tokens >= 2.0 and "sampled" not in g.reason
+        t = autotune.choose(c, drafters, sampled=True)
+        if "sampled" in shipped:  # the best tree reaches ~1.12 tokens for >= 1.1x a step's cost
+            assert t.drafters == () and "incremental" in t.reason
+            assert autotune.expected_tokens(drafters, 4, np.array([0.12, 0.1, 0.05, 0.02, 0.01, 0.0]),
+                                            0.5, sampled=True) == (1.2, "measured mix")
+            forced = autotune.choose(c, drafters, sampled=True, allow_incremental=False)
+            assert forced.drafters and "sampled at T = 0.7" in forced.reason
+        else:  # nothing sampled shipped: the greedy figures, named as such
+            assert (t.drafters, t.budget, t.expected_tokens) == (g.drafters, g.budget, g.expected_tokens)
+            assert "greedy: no sampled statistics shipped" in t.reason
+    reset()
 
 
 def test_forced_spec_mode_gets_the_best_tree_even_when_slower():
@@ -158,6 +193,13 @@ def test_auto_choice_in_the_generator(monkeypatch):
         assert gen.mode == mode and gen.choice is not None
         if mode == "spec":
             assert gen.engine.budget == gen.choice.budget
+    # The choice is made for the sampling asked for (the CLI passes its --temperature).
+    seen = []
+    real = autotune.choose
+    monkeypatch.setattr(autotune, "choose", lambda *a, **kw: seen.append(kw.get("sampled")) or real(*a, **kw))
+    api.Generator.load(llm="x", drafters="recycle,lookup")
+    api.Generator.load(llm="x", drafters="recycle,lookup", temperature=0.7)
+    assert seen == [False, True]
 
 
 def test_a_batch_speculates_only_where_its_rows_still_pay(monkeypatch):
@@ -205,5 +247,5 @@ def test_a_bigger_budget_must_win_by_the_margin(monkeypatch):
         cands = [(1.98, ("feature", "lookup"), 4, 2.3, 1.1, "measured mix"),
                  (b8, ("feature", "lookup"), 8, 2.6, 1.2, "measured mix"),
                  (1.50, ("lookup",), 2, 1.6, 1.0, "measured alone")]
-        monkeypatch.setattr(autotune, "candidates", lambda costs, drafters, budgets, cands=cands: cands)
+        monkeypatch.setattr(autotune, "candidates", lambda costs, drafters, budgets, sampled=False, cands=cands: cands)
         assert autotune.choose(c, DRAFTERS).budget == want

@@ -7,6 +7,12 @@ the product of the rates along its path, an estimate of its probability of being
 scores of different drafters are comparable and the budgeted merge keeps the nodes worth verifying.
 
 Depths or ranks past the table's use its last entry. A drafter without measured rates uses PRIORS.
+
+Under sampling a node is accepted far less often than its greedy statistics say (the LLM's sampled
+token differs from its argmax), so the file may also hold a "sampled" section: node acceptances and
+merged MATs measured the same way at one temperature (`measure_acceptance.py --temperature 0.7`). The
+automatic choice reads it for sampled decoding (any temperature > 0: at 0.7 it is far closer than
+greedy's); the path scores' rates stay greedy (they rank nodes, which sampling does not reorder much).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 from pathlib import Path
 
 SHIPPED = Path(__file__).with_name("acceptance.json")
+SAMPLED = "sampled"  # the file's section measured under sampling
 
 # Used only where acceptance.json has no entry (e.g. a user's own SSMs).
 PRIORS = {
@@ -33,6 +40,19 @@ def _shipped() -> dict:
     if not SHIPPED.is_file():
         return {}
     return json.loads(SHIPPED.read_text())
+
+
+def section(sampled: bool = False) -> dict:
+    """The shipped statistics for greedy decoding, or for sampled decoding where the file has them
+    (else the greedy ones)."""
+    shipped = _shipped()
+    return (shipped.get(SAMPLED) or shipped) if sampled else shipped
+
+
+def sampled_temperature() -> float | None:
+    """The temperature the shipped sampled statistics were measured at, or None when there are none."""
+    s = _shipped().get(SAMPLED)
+    return float(s["temperature"]) if s else None
 
 
 def rates(name: str, kind: str) -> tuple[tuple[float, ...], ...]:
@@ -67,30 +87,30 @@ def from_hits(hits, topology, steps: int) -> list[list[float]]:
     return [[round(float(x), 4) for x in row] for row in out]
 
 
-def node_acceptance(name: str, num_nodes: int):
+def node_acceptance(name: str, num_nodes: int, sampled: bool = False):
     """Shipped P(local node j accepted) per step [n] for drafter `name` at its shipped shape, or
     None when not shipped (or shipped for another shape)."""
     import numpy as np
 
-    row = _shipped().get("node_acceptance", {}).get(name)
+    row = section(sampled).get("node_acceptance", {}).get(name)
     if row is None or len(row) != num_nodes:
         return None
     return np.asarray(row, np.float64)
 
 
-def merged_mat(names) -> dict[int, float] | None:
-    """Measured greedy MAT {budget: MAT} of drafters `names` merged, from the shipped file's "merged"
+def merged_mat(names, sampled: bool = False) -> dict[int, float] | None:
+    """Measured MAT {budget: MAT} of drafters `names` merged (greedy, or sampled), from the shipped file's "merged"
     table (scripts/measure_acceptance.py --merged, keyed in the engine order it measured), or None.
     Any order of the same names finds it: the budget keeps each step's best nodes whichever drafter
     comes first (`specjax bench` lists them recycle, lookup, feature and was estimating instead)."""
-    merged = _shipped().get("merged", {})
+    merged = section(sampled).get("merged", {})
     row = merged.get("+".join(names)) or next(
         (r for key, r in merged.items() if sorted(key.split("+")) == sorted(names)), None)
     return None if not row else {int(n): float(m) for n, m in row.items()}
 
 
 @functools.lru_cache(maxsize=None)
-def overlap_factor() -> float:
+def overlap_factor(sampled: bool = False) -> float:
     """How much of the summed node acceptances of merged drafters a mix really gains: the median over
     the shipped measured mixes of (measured MAT - 1) / (the sum of the budget's best node acceptances
     of its members), at most 1. Drafters that merge propose the same easy tokens, which a sum counts
@@ -99,7 +119,7 @@ def overlap_factor() -> float:
     0.8 (recycle+lookup, budget 8) to 1.9 (feature+lookup, budget 1). 1.0 when nothing is shipped."""
     import numpy as np
 
-    shipped = _shipped()
+    shipped = section(sampled)
     nodes = shipped.get("node_acceptance", {})
     ratios = []
     for key, row in shipped.get("merged", {}).items():
