@@ -325,19 +325,23 @@ def _interp(table: dict[int, float], n: int) -> float:
 
 
 def expected_tokens(subset: tuple, n: int, pool: np.ndarray, overlap: float,
-                    sampled: bool = False) -> tuple[float, str]:
+                    sampled: bool = False) -> tuple[float | None, str]:
     """Expected tokens per step of drafters `subset` merged at budget n, and where it comes from: a
     single drafter's n best node acceptances summed (its nodes are distinct sequences); a mix's
     measured MAT where shipped at that budget; else the members' summed node acceptances times the
-    overlap factor measured on the shipped mixes (merged drafters propose the same easy tokens)."""
+    overlap factor measured on the shipped mixes (merged drafters propose the same easy tokens); None
+    for a mix of drafters the shipped file measured alone but not together (acceptance.only_measured_mixes)."""
     from specjax.drafters import acceptance
 
     s = float(pool[:n].sum())
     if len(subset) == 1:
         return 1.0 + s, "measured alone"
-    measured = acceptance.merged_mat(tuple(d.name for d in subset), sampled)
+    names = tuple(d.name for d in subset)
+    measured = acceptance.merged_mat(names, sampled)
     if measured is not None and n in measured:
         return measured[n], "measured mix"
+    if acceptance.only_measured_mixes(names, sampled):
+        return None, "not measured"
     return 1.0 + overlap * s, f"estimated: summed x{overlap:.2f} overlap"
 
 
@@ -365,6 +369,8 @@ def candidates(costs: dict, drafters: tuple, budgets=BUDGETS, sampled: bool = Fa
                 if n > len(pool):
                     continue
                 e, source = expected_tokens(subset, n, pool, overlap, sampled)
+                if e is None:
+                    continue
                 t = draft_s + _interp(costs["verify"], n + 1) + loop
                 out.append((e / t * inc, tuple(d.name for d in subset), n, e, t, source))
     return out

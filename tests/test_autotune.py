@@ -84,6 +84,7 @@ def test_merged_drafters_use_measured_mix_or_overlap_discount(monkeypatch):
     monkeypatch.setattr(acceptance, "merged_mat",
                         lambda names, sampled=False: {2: 1.6} if names == ("recycle", "lookup") else None)
     monkeypatch.setattr(acceptance, "overlap_factor", lambda sampled=False: 0.5)
+    monkeypatch.setattr(acceptance, "only_measured_mixes", lambda names, sampled=False: False)  # a user's drafters
     pool = np.sort(np.concatenate(list(acc.values())))[::-1]
     both = DRAFTERS
     assert autotune.expected_tokens(both[:1], 2, acc["recycle"], 0.5) == (1.8, "measured alone")
@@ -145,6 +146,15 @@ def test_sampled_decoding_is_chosen_for_from_sampled_acceptance(monkeypatch):
         else:  # nothing sampled shipped: the greedy figures, named as such
             assert (t.drafters, t.budget, t.expected_tokens) == (g.drafters, g.budget, g.expected_tokens)
             assert "greedy: no sampled statistics shipped" in t.reason
+        # A mix of drafters the file knows is taken only as measured (budget 1 was not): the overlap
+        # factor over-promises for drafters that propose the same tokens.
+        for on in (False, True):
+            assert autotune.expected_tokens(drafters, 1, np.array([0.6, 0.5]), 0.5, on) == (None, "not measured")
+            assert all(c_[1] != ("recycle", "lookup") or c_[2] in (2, 4)
+                       for c_ in autotune.candidates(c, drafters, sampled=on))
+            mine = type("Drafter", (), {"name": "mine"})()  # a drafter the file does not know: estimated
+            e, source = autotune.expected_tokens((drafters[1], mine), 1, np.array([0.6, 0.5]), 0.5, on)
+            assert e == pytest.approx(1.3) and source.startswith("estimated")
     reset()
 
 
