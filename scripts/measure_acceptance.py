@@ -78,6 +78,8 @@ def main(argv=None) -> int:
                     help="measure only these drafters alone (comma list, e.g. feature after retraining it); with "
                          "--write the file's other entries are kept")
     args = ap.parse_args(argv)
+    if not args.temperature >= 0:
+        raise SystemExit(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
     per_file = [read_texts(f)[args.skip: args.skip + -(-args.count // len(args.prompts))] for f in args.prompts]
     texts = [t for group in zip(*per_file) for t in group][: args.count]
     gen = api.Generator.load(mode="incremental")
