@@ -8,6 +8,10 @@
 
     python scripts/train_feature_ssm.py data --out runs/heldout --prompts 128 --held-out
     python scripts/measure_calibration.py runs/heldout/data
+
+It also fits, per rank, the exponent a for which p ** a best predicts acceptance (log loss, every depth
+pooled): the shipped drafter's top token is a little underconfident (a = 0.9). Scoring its nodes p ** a
+did not raise the merged MAT (docs/benchmarks.md, 2026-12-08), so the drafter scores p itself.
 """
 import argparse
 import sys
@@ -21,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 BINS = np.array([0, .05, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1.01])
 
 
-def feature_calibration(directory: str, ssm: str, passes: int) -> None:
+def feature_calibration(directory: str, ssm: str, passes: int, temperature: float = 0.0) -> tuple:
     import jax
     import jax.numpy as jnp
 
@@ -48,10 +52,17 @@ def feature_calibration(directory: str, ssm: str, passes: int) -> None:
         for s, o in enumerate(outs, 1):
             o = o[:, C - W:] if s == 1 else o[:, C - W - first:]
             p, i = jax.lax.top_k(jax.nn.softmax(fm.logits(params, cfg, o), axis=-1), 3)
-            res.append((p, i == batch["tgt"][..., :1], batch["w"] * (seq >= s - 1) * (batch["p"][..., 0] > 0)))
+            if temperature > 0:  # accepted under sampling iff the LLM's sample is the token: p_T(token)
+                pt = batch["p"] ** (1.0 / temperature)  # the LLM's top-k (draft vocabulary) at T, renormalised
+                pt = pt / jnp.maximum(pt.sum(-1, keepdims=True), 1e-30)
+                hit = ((i[..., :, None] == batch["tgt"][..., None, :]) * pt[..., None, :]).sum(-1)
+            else:
+                hit = (i == batch["tgt"][..., :1]).astype(jnp.float32)
+            res.append((p, hit, batch["w"] * (seq >= s - 1) * (batch["p"][..., 0] > 0)))
         return res
 
     got = {s: [] for s in range(1, passes + 1)}
+    pooled = []
     for i in range(0, len(data), 8):
         batch = ftrain.make_batch(data, np.arange(i, min(i + 8, len(data))), tcfg, tmap)
         for s, (p, hit, w) in enumerate(top_probs({k: jnp.asarray(v) for k, v in batch.items()}), 1):
@@ -60,12 +71,29 @@ def feature_calibration(directory: str, ssm: str, passes: int) -> None:
     for s in range(1, passes + 1):
         p = np.concatenate([a for a, _ in got[s]])
         hit = np.concatenate([h for _, h in got[s]])
+        pooled.append((p, hit))
         print(f"feature, depth {s}: {len(p)} positions, top-1 right {hit[:, 0].mean():.3f}")
         for r in range(3):
             idx = np.digitize(p[:, r], BINS) - 1
             cells = [f"p {p[idx == k, r].mean():.2f} -> {hit[idx == k, r].mean():.2f} (n {int((idx == k).sum())})"
                      for k in range(len(BINS) - 1) if (idx == k).sum() >= 30]
             print(f"  rank {r}: " + "; ".join(cells))
+    p = np.concatenate([a for a, _ in pooled])
+    hit = np.concatenate([h for _, h in pooled])
+    exps = tuple(fit_exponent(p[:, r], hit[:, r]) for r in range(p.shape[1]))
+    print(f"feature calibration exponents per rank (p -> p ** a, every depth): {list(exps)}")
+    return exps
+
+
+def fit_exponent(p: np.ndarray, hit: np.ndarray) -> float:
+    """The a in [0.3, 2] (0.01 steps) that minimises the log loss of p ** a as the probability of hit
+    (0/1, or soft: the probability of acceptance)."""
+    p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+    grid = np.round(np.arange(0.3, 2.0001, 0.01), 2)
+    q = np.clip(p[None, :] ** grid[:, None], 1e-6, 1 - 1e-6)
+    y = hit.astype(np.float64)[None, :]  # 0/1, or a probability of acceptance
+    loss = -(y * np.log(q) + (1 - y) * np.log1p(-q)).mean(axis=1)
+    return float(grid[int(np.argmin(loss))])
 
 
 def lookup_calibration(directory: str, length: int, max_ngram: int) -> None:
@@ -93,12 +121,15 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=4)
     ap.add_argument("--lookup-length", type=int, default=8)
     ap.add_argument("--lookup-ngram", type=int, default=8)
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="> 0: a drafted token's acceptance is the LLM's probability of it at T (sampled "
+                         "decoding, from the data's top-k), instead of whether it is the LLM's top-1")
     args = ap.parse_args(argv)
     if not Path(args.data, "tokens").is_dir():
         raise SystemExit(f"measure_calibration.py: {args.data} is not a feature data directory (no tokens/)")
     if min(args.passes, args.lookup_length, args.lookup_ngram) < 1:
         raise SystemExit("measure_calibration.py: --passes, --lookup-length and --lookup-ngram must be >= 1")
-    feature_calibration(args.data, args.ssm, args.passes)
+    feature_calibration(args.data, args.ssm, args.passes, args.temperature)
     lookup_calibration(args.data, args.lookup_length, args.lookup_ngram)
     return 0
 
