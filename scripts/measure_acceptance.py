@@ -16,10 +16,10 @@ that merge propose the same easy tokens, so a mix accepts less than the sum of i
 acceptances: the automatic choice uses these measured MATs where it has them (specjax.autotune).
 
 With --temperature T > 0 both measure under sampling at T instead (seeded per batch) and --write puts
-the node acceptances, MATs, merged MATs and the static drafters' rates (counted the same way on the
-sampled outputs) in the file's "sampled" section, the greedy tables staying: what the automatic choice
-reads for sampled decoding (acceptance.section) and what scores the drafters' nodes there
-(acceptance.rate_table). Measure the drafters alone before their mixes: a mix's tree depends on them.
+the node acceptances, MATs and merged MATs in the file's "sampled" section (the greedy tables and the
+rates stay): what the automatic choice reads for sampled decoding (acceptance.section). The path
+scores keep their greedy rates under sampling: rates counted on sampled outputs scored lookup's
+nodes no better (docs/benchmarks.md, 2026-12-08).
 """
 
 from __future__ import annotations
@@ -130,9 +130,21 @@ def main(argv=None) -> int:
         node = hits[1:] / max(steps, 1)
         out["node_acceptance"][name] = [round(float(x), 4) for x in node]
         out["shapes"][name] = [int(x) for x in d.topology.parents]
-        table = measured_rates(d, hits[1:], steps, results)
-        if table is not None:
-            out["rates"][name] = table
+        if args.temperature > 0:
+            pass  # the rates (path scores' calibration) stay greedy
+        elif getattr(d, "dynamic", False):
+            # a dynamic tree: its nodes' parents vary per step, so per-rank rates over the static
+            # shape mean nothing; its nodes are top-k, scored by the drafter's own probability (a
+            # dynamic tree requires confidence), never by rates. The file's rates (if any) stay, for the
+            # drafter's static, sampled trees.
+            pass
+        elif d.kind != "lookup":
+            out["rates"][name] = acceptance.from_hits(hits[1:], d.topology, steps)
+        else:  # per depth and matched n, on the LLM's own outputs (the chains find proposes at every root)
+            from specjax.drafters import lookup
+
+            out["rates"][name] = lookup.measure_rates([r.prompt_ids + r.token_ids for r in results],
+                                                      [len(r.prompt_ids) - 1 for r in results], d)
         out["mat"][name] = round(tokens / max(steps, 1), 3)
         print(name, "MAT", out["mat"][name], "node acceptance", out["node_acceptance"][name], flush=True)
     if args.temperature > 0:  # only the sampled section changes
@@ -140,7 +152,6 @@ def main(argv=None) -> int:
         sec = sampled_section(args, old, out["prompts"])
         sec["node_acceptance"] = {**sec.get("node_acceptance", {}), **out["node_acceptance"]}
         sec["mat"] = {**sec.get("mat", {}), **out["mat"]}
-        sec["rates"] = {**sec.get("rates", {}), **out["rates"]}
         out = dict(old, sampled=sec)
     text = json.dumps(out, indent=1)
     if args.write:
@@ -149,23 +160,6 @@ def main(argv=None) -> int:
     else:
         print(text)
     return 0
-
-
-def measured_rates(d, hits, steps: int, results):
-    """The path scores' calibration of drafter config `d` from one measurement: per (depth, rank) from
-    its nodes' hits, lookup's per (depth, matched n) from the outputs. Under sampling the outputs are
-    the LLM's samples, and a deterministic node is accepted exactly when the LLM's sample is its token,
-    so the same counts on sampled outputs measure sampled acceptance. None for a dynamic tree: its
-    nodes' parents vary per step, so per-rank rates over the static shape mean nothing; its nodes are
-    top-k, scored by the drafter's own probability (a dynamic tree requires confidence)."""
-    from specjax.drafters import lookup
-
-    if getattr(d, "dynamic", False):
-        return None
-    if d.kind != "lookup":
-        return acceptance.from_hits(hits, d.topology, steps)
-    return lookup.measure_rates([r.prompt_ids + r.token_ids for r in results],
-                                [len(r.prompt_ids) - 1 for r in results], d)
 
 
 def sampled_section(args, shipped: dict, prompts: str) -> dict:

@@ -146,34 +146,6 @@ def test_lookup_rates_are_measured_on_the_chains_find_proposes():
         acceptance.rate_fn(acceptance.PRIORS["lookup"])(1, 0)  # too few tries: the prior
 
 
-def test_sampled_rates_score_nodes_under_stochastic_decoding(monkeypatch):
-    from specjax.decode_state import DecodeState
-
-    toks = jnp.asarray([[5, 6, 7, 8, 5, 6, 7, 0, 0]])
-    base = DecodeState(cache=None, tokens=toks, length=jnp.asarray([6]), prompt_len=None, max_new=None,
-                       num_new=None, finish=None, steps=None, emitted=None, key=None)
-    greedy = ((0.5, 0.5, 0.9),) * 2
-    sampled = ((0.5, 0.5, 0.3),) * 2  # a 3-gram's copy: 0.9 a token greedy, 0.3 sampled
-    cfg = lookup.Config(length=2, rates=greedy, sampled_rates=sampled)
-    score = lambda c, stochastic: np.asarray(lookup.propose(None, None, lookup.State(), c, base, None, stochastic)[0].score[0])
-    np.testing.assert_allclose(score(cfg, False), [0.9, 0.81], rtol=1e-6)
-    np.testing.assert_allclose(score(cfg, True), [0.3, 0.09], rtol=1e-6)
-    no_sampled = lookup.Config(length=2, rates=greedy)  # none measured: the greedy rates
-    np.testing.assert_allclose(score(no_sampled, True), [0.9, 0.81], rtol=1e-6)
-    rc = recycle.Config(vocab_size=10, expansion=(1,), rates=((0.5,),), sampled_rates=((0.2,),))
-    assert acceptance.rate_table(rc, True) == ((0.2,),) and acceptance.rate_table(rc, False) == ((0.5,),)
-    # the file: sampled rates come from its sampled section only, () where it has none
-    shipped = {"rates": {"lookup": [[0.9]]}, "sampled": {"temperature": 0.7, "rates": {"recycle": [[0.2]]}}}
-    monkeypatch.setattr(acceptance, "_shipped", lambda: shipped)
-    assert acceptance.rates("lookup", "lookup") == ((0.9,),)
-    assert acceptance.rates("lookup", "lookup", sampled=True) == ()
-    assert acceptance.rates("recycle", "recycle", sampled=True) == ((0.2,),)
-    from specjax.drafters import setup
-
-    built = setup.build_drafters(("lookup", "recycle"), CFG, (), None)
-    assert [d.sampled_rates for d in built] == [(), ((0.2,),)] and built[0].rates == ((0.9,),)
-
-
 def test_empty_recycling_rows_propose_nothing():
     cfg = recycle.Config(vocab_size=10, expansion=(2, 1))
     table = recycle.empty_table(10).at[4].set(jnp.asarray([6, -1, -1, -1, -1, -1, -1, -1]))

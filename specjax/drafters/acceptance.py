@@ -12,12 +12,7 @@ Under sampling a node is accepted far less often than its greedy statistics say 
 token differs from its argmax), so the file may also hold a "sampled" section: node acceptances and
 merged MATs measured the same way at one temperature (`measure_acceptance.py --temperature 0.7`). The
 automatic choice reads it for sampled decoding (any temperature > 0: at 0.7 it is far closer than
-greedy's). It also holds the static drafters' rates measured under sampling: drafters lose acceptance
-unequally there (prompt lookup copies the argmax's text, which a sample leaves often: its MAT alone
-1.88 greedy, 1.32 at T = 0.7; the feature SSM 1.75, 1.65), so greedy rates would rank lookup's chains
-above nodes worth more. A drafter's `sampled_rates` score its nodes under stochastic decoding
-(`rate_table`); the rates are static either way, so a sampled node's score still never depends on its
-draw.
+greedy's); the path scores' rates stay greedy (they rank nodes, which sampling does not reorder much).
 """
 
 from __future__ import annotations
@@ -60,24 +55,12 @@ def sampled_temperature() -> float | None:
     return float(s["temperature"]) if s else None
 
 
-def rates(name: str, kind: str, sampled: bool = False) -> tuple[tuple[float, ...], ...]:
-    """The shipped rates of drafter `name` (ssm0, ssm1, recycle, lookup, feature), else its kind's prior.
-    sampled: the rates measured under sampling (the file's sampled section), () where it has none (the
-    drafter then scores with its greedy rates: `rate_table`)."""
-    if sampled:
-        table = (_shipped().get(SAMPLED) or {}).get("rates", {}).get(name)
-        return tuple(tuple(float(x) for x in row) for row in table) if table else ()
+def rates(name: str, kind: str) -> tuple[tuple[float, ...], ...]:
+    """The shipped rates of drafter `name` (ssm0, ssm1, recycle, lookup, feature), else its kind's prior."""
     table = _shipped().get("rates", {}).get(name)
     if not table:
         return PRIORS[kind]
     return tuple(tuple(float(x) for x in row) for row in table)
-
-
-def rate_table(cfg, stochastic: bool):
-    """The rates a drafter's static path scores use: its `sampled_rates` under stochastic decoding where
-    it has them, else its `rates`, else its kind's prior. `stochastic` is static in the loop."""
-    sampled = getattr(cfg, "sampled_rates", ())
-    return (sampled if stochastic and sampled else cfg.rates) or PRIORS[cfg.kind]
 
 
 def rate_fn(table):

@@ -371,7 +371,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
     if logps and cfg.confidence:  # deterministic nodes: a score may depend on the context (drafters.merge)
         scores = jnp.exp(jnp.concatenate(logps, axis=1))
     else:
-        scores = path_scores(cfg.topology, acceptance.rate_fn(acceptance.rate_table(cfg, stochastic)))
+        scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind]))
     prop = Proposal(tokens=tokens, valid=jnp.ones((B, n), bool), score=jnp.broadcast_to(jnp.asarray(scores), (B, n)),
                     q=jnp.concatenate(qs, axis=1) if stochastic else None, parents=parents if cfg.dynamic else None)
     done = ~running  # consumed pending pairs; rows not running keep everything

@@ -8,8 +8,8 @@ into the suffix itself is cut there). No match: nothing proposed. Stateless: it 
 buffer. Static shapes: [B, n, S] comparisons for each n.
 
 Scores: per depth and matched n (acceptance.rates('lookup'), measured by `measure_rates` on the
-LLM's own outputs; under stochastic decoding `sampled_rates`, counted on its sampled outputs), so a
-long match outranks a weak drafter's branches under a budget, and a one-token match ranks low. The matched n is the drafter's confidence: on the default LLM's held-out
+LLM's own outputs), so a long match outranks a weak drafter's branches under a budget, and a
+one-token match ranks low. The matched n is the drafter's confidence: on the default LLM's held-out
 greedy outputs a one-token match's first token is right 22% of the time, an 8-gram's 94%, and
 once a copy is right its next tokens are right 60-97% of the time (docs/benchmarks.md); so the
 defaults look for matches of up to 8 tokens and propose up to 8.
@@ -33,7 +33,6 @@ class Config:
     length: int = 4
     max_ngram: int = 3
     rates: tuple = ()
-    sampled_rates: tuple = ()  # the rates under stochastic decoding (acceptance.rate_table); (): rates
     kind: str = "lookup"
 
     def __post_init__(self):
@@ -87,7 +86,7 @@ def find(tokens, root_slot, max_ngram: int):
 
 
 def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochastic: bool):
-    del key, params, sampling_cfg
+    del key, params, sampling_cfg, stochastic
     B, S = base.tokens.shape
     P = base.length
     start, n = find(base.tokens, P, cfg.max_ngram)
@@ -97,7 +96,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
     valid = (n[:, None] > 0) & (slot <= P[:, None])
     from specjax.drafters import acceptance
 
-    rate = acceptance.rate_fn(acceptance.rate_table(cfg, stochastic))
+    rate = acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind])
     table = np.asarray([[rate(d, m) for m in range(cfg.max_ngram)] for d in range(1, cfg.length + 1)],
                        np.float32)  # [L, max_ngram]
     cum = np.cumprod(np.clip(table, 1e-6, 1.0), axis=0)  # path score by depth, per matched n

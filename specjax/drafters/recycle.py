@@ -45,7 +45,6 @@ class Config:
     expansion: tuple[int, ...] = (3, 1, 1, 1)
     k: int = DEFAULT_K
     rates: tuple = ()
-    sampled_rates: tuple = ()  # the rates under stochastic decoding (acceptance.rate_table); (): rates
     kind: str = "recycle"
 
     def __post_init__(self):
@@ -101,7 +100,7 @@ def init_state(ctx, cfg: Config) -> State:
 
 
 def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochastic: bool):
-    del key, params, sampling_cfg
+    del key, params, sampling_cfg, stochastic
     topo = tree_lib.ssm_topology(cfg.expansion)
     B = base.tokens.shape[0]
     root = jnp.take_along_axis(base.tokens, base.length[:, None], axis=1)[:, 0]
@@ -114,7 +113,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
         parent_tok = jnp.maximum(tokens[:, par], 0)  # an empty parent's children are dropped anyway
         tokens = tokens.at[:, start:stop].set(state.table[parent_tok, rank[None, :]])
     cand = tokens[:, 1:]
-    scores = path_scores(cfg.topology, acceptance.rate_fn(acceptance.rate_table(cfg, stochastic)))
+    scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind]))
     prop = Proposal(tokens=jnp.maximum(cand, 0), valid=cand >= 0,
                     score=jnp.broadcast_to(jnp.asarray(scores), cand.shape))
     return prop, state

@@ -56,8 +56,7 @@ def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple,
                 raise DrafterError("drafter 'ssm' needs at least one SSM (--ssm DIR)")
             if tree is None:
                 raise DrafterError("drafter 'ssm' needs a TreeConfig (the SSMs' expansion)")
-            out += [ssm.Config(model=c, expansion=tree.expansion, index=i, rates=acceptance.rates(f"ssm{i}", "ssm"),
-                               sampled_rates=acceptance.rates(f"ssm{i}", "ssm", sampled=True))
+            out += [ssm.Config(model=c, expansion=tree.expansion, index=i, rates=acceptance.rates(f"ssm{i}", "ssm"))
                     for i, c in enumerate(ssm_cfgs)]
         elif item == "feature":
             if feature_cfg is None:
@@ -69,12 +68,10 @@ def build_drafters(spec: Sequence | None, llm_cfg: ModelConfig, ssm_cfgs: tuple,
             k = min(recycle.DEFAULT_K, llm_cfg.vocab_size)
             out.append(recycle.Config(vocab_size=llm_cfg.vocab_size, k=k,
                                       expansion=tuple(min(e, k) for e in RECYCLE_EXPANSION),
-                                      rates=acceptance.rates("recycle", "recycle"),
-                                      sampled_rates=acceptance.rates("recycle", "recycle", sampled=True)))
+                                      rates=acceptance.rates("recycle", "recycle")))
         else:
             out.append(lookup.Config(length=LOOKUP_LENGTH, max_ngram=LOOKUP_NGRAM,
-                                     rates=acceptance.rates("lookup", "lookup"),
-                                     sampled_rates=acceptance.rates("lookup", "lookup", sampled=True)))
+                                     rates=acceptance.rates("lookup", "lookup")))
     names = [d.name for d in out]
     if len(set(names)) != len(names):
         raise DrafterError(f"drafters {names} name one drafter twice")

@@ -120,7 +120,6 @@ class Config:
     expansion: tuple[int, ...]
     index: int = 0
     rates: tuple = ()
-    sampled_rates: tuple = ()  # the rates under stochastic decoding (acceptance.rate_table); (): rates
     kind: str = "ssm"
 
     @property
@@ -162,7 +161,7 @@ def propose(key, params, state: State, cfg: Config, base, sampling_cfg, stochast
     tokens, q, cache = draft_tree(key, params, cfg.model, state.cache, base.tokens, state.ssm_len,
                                   base.length, topo, sampling_cfg, stochastic)
     B, n = tokens.shape[0], topo.num_candidates
-    scores = path_scores(cfg.topology, acceptance.rate_fn(acceptance.rate_table(cfg, stochastic)))
+    scores = path_scores(cfg.topology, acceptance.rate_fn(cfg.rates or acceptance.PRIORS[cfg.kind]))
     prop = Proposal(tokens=tokens[:, 1:], valid=jnp.ones((B, n), bool),
                     score=jnp.broadcast_to(jnp.asarray(scores), (B, n)), q=None if q is None else q[:, 1:])
     return prop, state.replace(cache=cache)

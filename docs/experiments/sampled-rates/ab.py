@@ -2,7 +2,10 @@
 prompts and seeds: feature + lookup at BUDGET, T, held-out prompts [5100, 5100 + COUNT/2) of the chat
 and context files (not the 16 acceptance.json is measured on), 96 new tokens.
 
-    python docs/experiments/sampled-rates/ab.py [BUDGET=8] [T=0.7] [COUNT=32] [SEEDS=2]"""
+    python docs/experiments/sampled-rates/ab.py [BUDGET=8] [T=0.7] [COUNT=32] [SEEDS=2]
+
+Runs at commit c955fc6 (`git worktree add /tmp/sr c955fc6`), where the drafters had `sampled_rates`;
+they were not kept (no gain), so at later commits it stops at the assert below."""
 import dataclasses
 import sys
 from pathlib import Path
