@@ -127,6 +127,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.data, "tokens").is_dir():
         raise SystemExit(f"measure_calibration.py: {args.data} is not a feature data directory (no tokens/)")
+    if not args.temperature >= 0:
+        raise SystemExit(f"measure_calibration.py: --temperature must be >= 0 (0: acceptance = the LLM's top-1), "
+                         f"got {args.temperature}")
     if min(args.passes, args.lookup_length, args.lookup_ngram) < 1:
         raise SystemExit("measure_calibration.py: --passes, --lookup-length and --lookup-ngram must be >= 1")
     feature_calibration(args.data, args.ssm, args.passes, args.temperature)
